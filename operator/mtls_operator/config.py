@@ -1,0 +1,96 @@
+"""Operator settings: one frozen object built once from flags and environment, passed to everything that needs it.
+
+Every flag has an environment twin (MTLS_<FLAG>, dashes as underscores) so the Helm chart can set them either way; a flag
+on the command line wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+
+from .durations import format_duration, parse_duration
+
+KEY_CHOICES = ("ECDSA-256", "ECDSA-384", "RSA-2048", "RSA-3072", "RSA-4096", "Ed25519")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    ca_secret_name: str = "mtls-operator-ca"
+    ca_namespace: str = "mtls-operator"
+    ca_key: str = "ECDSA-256"
+    ca_lifetime: dt.timedelta = dt.timedelta(days=3650)
+    trust_domain: str = "cluster.local"
+    cluster_domain: str = "cluster.local"
+    min_duration: dt.timedelta = dt.timedelta(hours=1)
+    max_duration: dt.timedelta = dt.timedelta(days=90)
+    # notBefore is set this far in the past, so a peer whose clock runs behind still accepts a fresh certificate.
+    backdate: dt.timedelta = dt.timedelta(minutes=5)
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    metrics_port: int = 8080
+    health_port: int = 8081
+    # How many certificates may be signed at once; a cap on CPU bursts when many identities fall due together.
+    max_concurrent_issuance: int = 8
+    # The API client's connection pool and worker threads: one request in flight per thread.
+    api_workers: int = 16
+
+    def check(self) -> None:
+        if self.min_duration > self.max_duration:
+            raise ValueError("min-duration must not exceed max-duration")
+        if self.ca_key not in KEY_CHOICES:
+            raise ValueError(f"ca-key must be one of {', '.join(KEY_CHOICES)}")
+        if not self.trust_domain or "/" in self.trust_domain or ":" in self.trust_domain:
+            raise ValueError(f"trust-domain {self.trust_domain!r} must be a bare domain name")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get("MTLS_" + name.upper().replace("-", "_"), default)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Settings()
+    pod_namespace = os.environ.get("POD_NAMESPACE", d.ca_namespace)
+    add = parser.add_argument
+    add("--ca-secret-name", default=_env("ca-secret-name", d.ca_secret_name), help="Secret holding the root CA")
+    add("--ca-namespace", default=_env("ca-namespace", pod_namespace), help="namespace of the CA Secret")
+    add("--ca-key", default=_env("ca-key", d.ca_key), choices=KEY_CHOICES, help="key type of a bootstrapped root")
+    add("--ca-lifetime", default=_env("ca-lifetime", format_duration(d.ca_lifetime)),
+        help="lifetime of a bootstrapped root")
+    add("--trust-domain", default=_env("trust-domain", d.trust_domain), help="SPIFFE trust domain")
+    add("--cluster-domain", default=_env("cluster-domain", d.cluster_domain), help="DNS suffix of Services")
+    add("--min-duration", default=_env("min-duration", format_duration(d.min_duration)),
+        help="shortest certificate lifetime an identity may ask for")
+    add("--max-duration", default=_env("max-duration", format_duration(d.max_duration)),
+        help="longest certificate lifetime an identity may ask for")
+    add("--namespace", dest="namespaces", action="append", default=None,
+        help="watch only this namespace (repeatable); default all, or MTLS_NAMESPACES=a,b")
+    add("--metrics-port", type=int, default=int(_env("metrics-port", str(d.metrics_port))),
+        help="port of the Prometheus /metrics endpoint (0: off)")
+    add("--health-port", type=int, default=int(_env("health-port", str(d.health_port))),
+        help="port of the /healthz liveness endpoint (0: off)")
+    add("--max-concurrent-issuance", type=int,
+        default=int(_env("max-concurrent-issuance", str(d.max_concurrent_issuance))))
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    namespaces = args.namespaces
+    if namespaces is None:
+        namespaces = [n for n in _env("namespaces", "").split(",") if n.strip()]
+    settings = Settings(
+        ca_secret_name=args.ca_secret_name,
+        ca_namespace=args.ca_namespace,
+        ca_key=args.ca_key,
+        ca_lifetime=parse_duration(args.ca_lifetime),
+        trust_domain=args.trust_domain,
+        cluster_domain=args.cluster_domain,
+        min_duration=parse_duration(args.min_duration),
+        max_duration=parse_duration(args.max_duration),
+        namespaces=tuple(n.strip() for n in namespaces),
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        max_concurrent_issuance=max(1, args.max_concurrent_issuance),
+    )
+    settings.check()
+    return settings

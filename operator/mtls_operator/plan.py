@@ -1,0 +1,122 @@
+"""The decision: given what an identity asks for, what its Secret holds, and the CA, what (if anything) to do, and when
+to look again. Pure: no API calls, no clock reads. Every path the operator can take is chosen here, so every path is
+unit-testable.
+
+Order matters: ownership first (never touch a Secret that is not ours), then integrity (a broken or foreign certificate
+is replaced whatever else holds), then intent (spec changed, renewal requested), then time (due, expired), and only then
+cosmetic drift (a stale ca.crt or missing labels, fixed by rewriting the Secret around the same key and certificate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+
+from . import pki, tlssecret
+from .ca import CA
+from .spec import IdentitySpec
+
+# Never leave less than this fraction of the lifetime between renewal and expiry, however small renewBefore is: the
+# kubelet needs time to swap the files and the workload time to reload them.
+MARGIN_FRACTION = 0.1
+MAX_MARGIN = dt.timedelta(minutes=10)
+# Renewals are spread over up to this fraction of renewBefore, so identities created together do not renew together.
+JITTER_FRACTION = 0.1
+MAX_JITTER = dt.timedelta(minutes=5)
+
+
+class Action(enum.Enum):
+    NONE = "none"
+    ISSUE = "issue"  # new certificate (and key, unless rotationPolicy Never keeps it)
+    REFRESH = "refresh"  # rewrite the Secret around the same key and certificate (ca.crt, labels, annotations)
+    CONFLICT = "conflict"  # the Secret exists and belongs to someone else: leave it alone
+
+
+class Reason(enum.StrEnum):
+    MISSING = "Missing"
+    TAMPERED = "Tampered"
+    CA_CHANGED = "CAChanged"
+    SPEC_CHANGED = "SpecChanged"
+    REQUESTED = "Requested"
+    EXPIRED = "Expired"
+    DUE = "Due"
+    BUNDLE_CHANGED = "BundleChanged"
+    METADATA_CHANGED = "MetadataChanged"
+    UP_TO_DATE = "UpToDate"
+    SECRET_CONFLICT = "SecretConflict"
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: Reason
+    message: str = ""
+    # When the current certificate falls due (None: nothing to wait for, e.g. it already ends with its CA).
+    renewal_time: dt.datetime | None = None
+    reuse_key: bool = False
+
+
+def renewal_time(cert_not_after: dt.datetime, spec: IdentitySpec, serial: int) -> dt.datetime:
+    """notAfter − renewBefore, held at least a margin before expiry, minus a jitter that is fixed per certificate
+    (derived from its serial, so a restarted operator computes the same time)."""
+    duration = spec.duration
+    margin = min(duration * MARGIN_FRACTION, MAX_MARGIN)
+    lead = max(spec.renew_before, margin)
+    # Bounded by half the time between issuance and the target, so jitter never pulls renewal before issuance.
+    spread = min(lead * JITTER_FRACTION, (duration - lead) / 2, MAX_JITTER)
+    return cert_not_after - lead - spread * ((serial % 1009) / 1009)
+
+
+def _issue(reason: Reason, message: str, view: tlssecret.SecretView, spec: IdentitySpec,
+           trusted_key: bool) -> Decision:
+    keep = (not spec.key.rotate and trusted_key and view.key is not None
+            and pki.key_label(view.key) == spec.key.label)
+    return Decision(Action.ISSUE, reason, message, reuse_key=keep)
+
+
+def decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.datetime,
+           renew_request: str = "") -> Decision:
+    if not view.exists:
+        return Decision(Action.ISSUE, Reason.MISSING, f"Secret {spec.secret_name} does not exist")
+    if not view.owned:
+        return Decision(Action.CONFLICT, Reason.SECRET_CONFLICT,
+                        f"Secret {spec.secret_name} exists and is not owned by this MtlsIdentity; it is left untouched")
+    if view.cert is None or view.key is None:
+        return _issue(Reason.TAMPERED, f"Secret content is unreadable ({view.problem})", view, spec, False)
+    cert = view.cert
+    if not pki.key_matches(cert, view.key):
+        return _issue(Reason.TAMPERED, "tls.key does not belong to tls.crt", view, spec, False)
+    if not pki.issued_by(cert, ca.cert):
+        if view.annotations.get(tlssecret.ANN_ISSUER) != ca.fingerprint:
+            return _issue(Reason.CA_CHANGED, "the certificate was issued by a previous CA", view, spec, True)
+        return _issue(Reason.TAMPERED, "tls.crt was not issued by the operator's CA", view, spec, False)
+    if pki.spiffe_ids(cert) != [spec.spiffe_id]:
+        return _issue(Reason.TAMPERED, "tls.crt names another identity", view, spec, False)
+    if view.annotations.get(tlssecret.ANN_SPEC_HASH) != spec.shape_hash() or pki.key_label(view.key) != spec.key.label:
+        return _issue(Reason.SPEC_CHANGED, "the spec asks for a different certificate", view, spec, True)
+    if renew_request and view.annotations.get(tlssecret.ANN_RENEW_HANDLED) != renew_request:
+        return _issue(Reason.REQUESTED, f"renewal requested ({tlssecret.ANN_RENEW_REQUEST}={renew_request})",
+                      view, spec, True)
+
+    not_after = cert.not_valid_after_utc
+    due = renewal_time(not_after, spec, cert.serial_number)
+    if now >= not_after:
+        return _issue(Reason.EXPIRED, f"the certificate expired at {not_after.isoformat()}", view, spec, True)
+    ends_with_ca = not_after >= ca.not_after - dt.timedelta(seconds=1)
+    if now >= due and not ends_with_ca:
+        return _issue(Reason.DUE, f"renewal was due at {due.isoformat()}", view, spec, True)
+    # A certificate cut short by its CA's own expiry cannot be improved by reissuing from the same CA: wait for a new CA
+    # (its event re-triggers us) instead of reissuing in a loop.
+    next_look = None if ends_with_ca and now >= due else due
+
+    if view.ca_pem != ca.bundle_pem or view.chain_pem != ca.chain_pem():
+        return Decision(Action.REFRESH, Reason.BUNDLE_CHANGED, "ca.crt or the chain is not the current one",
+                        renewal_time=next_look)
+    wanted_labels = tlssecret.desired_labels(spec)
+    wanted_annotations = dict(spec.secret_annotations)
+    if any(view.labels.get(k) != v for k, v in wanted_labels.items()) or any(
+            view.annotations.get(k) != v for k, v in wanted_annotations.items()):
+        return Decision(Action.REFRESH, Reason.METADATA_CHANGED, "labels or annotations differ from the template",
+                        renewal_time=next_look)
+    return Decision(Action.NONE, Reason.UP_TO_DATE, renewal_time=next_look)

@@ -1,0 +1,151 @@
+"""The identity Secret's format, both ways: the body the operator writes, and what it reads back out of one.
+
+A `kubernetes.io/tls` Secret (tls.crt = leaf then intermediates, tls.key = PKCS#8, ca.crt = trust bundle) so ingress
+controllers and cert-manager consumers understand it. The Secret is the operator's only record of what it issued:
+annotations carry revision, spec hash and issuer, so a restarted operator re-derives everything from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography import x509
+
+from . import pki
+from .spec import GROUP, KIND, VERSION, IdentitySpec
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "mtls-operator"
+MANAGED_SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE}"  # the server-side filter of the operator's Secret watch
+
+ANN_SERIAL = f"{GROUP}/serial"
+ANN_NOT_AFTER = f"{GROUP}/not-after"
+ANN_REVISION = f"{GROUP}/revision"
+ANN_SPEC_HASH = f"{GROUP}/spec-hash"
+ANN_ISSUER = f"{GROUP}/issuer-fingerprint"
+ANN_SPIFFE_ID = f"{GROUP}/spiffe-id"
+ANN_RENEW_HANDLED = f"{GROUP}/renew-handled"
+# Set on the MtlsIdentity by a user ("renew now"): any new value, e.g. a timestamp, triggers one reissue.
+ANN_RENEW_REQUEST = f"{GROUP}/renew"
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretView:
+    """What the identity's Secret holds, as far as the decision needs to know."""
+
+    exists: bool
+    owned: bool = False
+    cert: x509.Certificate | None = None
+    key: pki.PrivateKey | None = None
+    chain_pem: bytes = b""  # the part of tls.crt after the leaf
+    ca_pem: bytes = b""
+    problem: str = ""  # why cert or key could not be read
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    resource_version: str = ""
+
+    @property
+    def revision(self) -> int:
+        try:
+            return int(self.annotations.get(ANN_REVISION, "0"))
+        except ValueError:
+            return 0
+
+
+ABSENT = SecretView(exists=False)
+
+
+def controller_ref(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ownerReference of the MtlsIdentity that controls this Secret, or {} when none does."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(GROUP + "/"):
+            return ref
+    return {}
+
+
+def _decode(data: Mapping[str, str], field: str) -> bytes:
+    raw = data.get(field)
+    if not raw:
+        return b""
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (ValueError, TypeError):
+        return b""
+
+
+def read(body: Mapping[str, Any] | None, identity_uid: str) -> SecretView:
+    """Parses a Secret body (as the API returns it). Never raises: a broken Secret is a view with a problem."""
+    if not body:
+        return ABSENT
+    meta = body.get("metadata") or {}
+    common = dict(labels=dict(meta.get("labels") or {}), annotations=dict(meta.get("annotations") or {}),
+                  resource_version=meta.get("resourceVersion", ""))
+    if controller_ref(body).get("uid") != identity_uid:
+        return SecretView(exists=True, owned=False, **common)
+    data = body.get("data") or {}
+    crt, key_pem, ca_pem = _decode(data, "tls.crt"), _decode(data, "tls.key"), _decode(data, "ca.crt")
+    cert = key = None
+    chain_pem = b""
+    problems = []
+    try:
+        chain = pki.load_chain(crt)
+        cert, chain_pem = chain[0], pki.to_pem(*chain[1:])
+    except pki.PKIError as e:
+        problems.append(f"tls.crt: {e}")
+    try:
+        key = pki.load_key(key_pem)
+    except pki.PKIError as e:
+        problems.append(f"tls.key: {e}")
+    return SecretView(exists=True, owned=True, cert=cert, key=key, chain_pem=chain_pem, ca_pem=ca_pem,
+                      problem="; ".join(problems), **common)
+
+
+def desired_labels(spec: IdentitySpec) -> dict[str, str]:
+    return {**spec.secret_labels, MANAGED_BY: MANAGED_BY_VALUE}
+
+
+def build(spec: IdentitySpec, identity_uid: str, cert: x509.Certificate, key: pki.PrivateKey, chain_pem: bytes,
+          ca_pem: bytes, annotations: Mapping[str, str], resource_version: str = "") -> dict[str, Any]:
+    """The whole Secret body, for a create or a full replace (with resourceVersion: optimistic concurrency)."""
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    metadata: dict[str, Any] = {
+        "name": spec.secret_name,
+        "namespace": spec.namespace,
+        "labels": desired_labels(spec),
+        "annotations": {**spec.secret_annotations, **annotations},
+        "ownerReferences": [{
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": spec.name, "uid": identity_uid,
+            "controller": True, "blockOwnerDeletion": False,
+        }],
+    }
+    if resource_version:
+        metadata["resourceVersion"] = resource_version
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": metadata,
+        "data": {
+            "tls.crt": b64(pki.to_pem(cert) + chain_pem),
+            "tls.key": b64(pki.key_to_pem(key)),
+            "ca.crt": b64(ca_pem),
+        },
+    }
+
+
+def record(spec: IdentitySpec, cert: x509.Certificate, issuer_fingerprint: str, revision: int,
+           renew_handled: str) -> dict[str, str]:
+    """The annotations that make the Secret its own record of issuance."""
+    out = {
+        ANN_SERIAL: pki.serial_hex(cert),
+        ANN_NOT_AFTER: cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        ANN_REVISION: str(revision),
+        ANN_SPEC_HASH: spec.shape_hash(),
+        ANN_ISSUER: issuer_fingerprint,
+        ANN_SPIFFE_ID: spec.spiffe_id,
+    }
+    if renew_handled:
+        out[ANN_RENEW_HANDLED] = renew_handled
+    return out
