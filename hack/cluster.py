@@ -74,7 +74,8 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def _cert(subject: x509.Name, key, issuer: x509.Name | None = None, issuer_key=None, *, ca: bool = False,
@@ -235,6 +236,7 @@ class LocalCluster:
             self._wait_controllers(timeout)
         except BaseException:
             self.stop()
+            self.cleanup()
             raise
         return self
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 from collections.abc import Mapping
 
 from cryptography import x509
@@ -68,7 +69,7 @@ def load(data: Mapping[str, bytes], now: dt.datetime) -> CA:
         raise CAError(f"CA certificate expired at {cert.not_valid_after_utc.isoformat()}")
     if cert.not_valid_before_utc > now + dt.timedelta(minutes=5):
         raise CAError(f"CA certificate is not valid before {cert.not_valid_before_utc.isoformat()}")
-    for lower, upper in zip(certs, certs[1:], strict=False):
+    for lower, upper in itertools.pairwise(certs):
         if not pki.issued_by(lower, upper):
             raise CAError(f"CA tls.crt chain is broken: {lower.subject.rfc4514_string()!r} is not signed by the "
                           f"next certificate {upper.subject.rfc4514_string()!r}")

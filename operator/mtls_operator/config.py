@@ -1,7 +1,7 @@
 """Operator settings: one frozen object built once from flags and environment, passed to everything that needs it.
 
-Every flag has an environment twin (MTLS_<FLAG>, dashes as underscores) so the Helm chart can set them either way; a flag
-on the command line wins over the environment, which wins over the default.
+Every flag has an environment twin (MTLS_<FLAG>, dashes as underscores) so the Helm chart can set them either
+way; a flag on the command line wins over the environment, which wins over the default.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """All X.509 and key handling: making keys, self-signing a root, issuing leaves, and reading back what a Secret holds.
 
-Pure functions over `cryptography` objects: no Kubernetes, no clocks read here (callers pass `now`), so every rule of the
-certificate profile is unit-testable. The profile is DESIGN.md's: an X.509-SVID that also works as an ordinary TLS
+Pure functions over `cryptography` objects: no Kubernetes, no clocks read here (callers pass `now`), so every rule of
+the certificate profile is unit-testable. The profile is DESIGN.md's: an X.509-SVID that also works as an ordinary TLS
 server/client certificate (kubernetes.io/tls consumers, ingress controllers, Go, OpenSSL, Python ssl).
 """
 

@@ -58,7 +58,7 @@ class Decision:
 
 
 def renewal_time(cert_not_after: dt.datetime, spec: IdentitySpec, serial: int) -> dt.datetime:
-    """notAfter − renewBefore, held at least a margin before expiry, minus a jitter that is fixed per certificate
+    """notAfter - renewBefore, held at least a margin before expiry, minus a jitter that is fixed per certificate
     (derived from its serial, so a restarted operator computes the same time)."""
     duration = spec.duration
     margin = min(duration * MARGIN_FRACTION, MAX_MARGIN)

@@ -1,13 +1,14 @@
 """One process-wide timer for every identity's next look (renewal, or a retry after a failure).
 
 Per-object daemons or timers would cost a task each and, in kopf, a finalizer that blocks deletion while the operator is
-down. Here a single task sleeps until the earliest deadline in a heap. Rescheduling a key pushes a new entry and marks the
-old one stale, so every operation is O(log n) and nothing is scanned.
+down. Here a single task sleeps until the earliest deadline in a heap. Rescheduling a key pushes a new entry and marks
+the old one stale, so every operation is O(log n) and nothing is scanned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import heapq
 import itertools
@@ -68,7 +69,5 @@ class Scheduler:
             if self._heap:
                 # Capped so a jump of the wall clock (deadlines are wall-clock times) is noticed within a minute.
                 timeout = min(60.0, max(0.0, (self._heap[0][0] - self._clock()).total_seconds()))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass

@@ -1,8 +1,8 @@
 """An MtlsIdentity's spec, parsed, defaulted and validated into the exact certificate the operator owes it.
 
-The CRD schema and its CEL rules reject most bad input at admission; this is the second layer, for objects stored before a
-schema tightened, for clusters where the CRD was edited, and for the operator's own min/max. Nothing here talks to the
-API: a spec either becomes an IdentitySpec or an InvalidSpec with a message fit to show the user.
+The CRD schema and its CEL rules reject most bad input at admission; this is the second layer, for objects stored
+before a schema tightened, for clusters where the CRD was edited, and for the operator's own min/max. Nothing here
+talks to the API: a spec either becomes an IdentitySpec or an InvalidSpec with a message fit to show the user.
 """
 
 from __future__ import annotations
@@ -80,8 +80,14 @@ class IdentitySpec:
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _get(spec: Mapping[str, Any], field: str, default: Any) -> Any:
+    """The field, or the default when it is absent or null; an empty or wrong-typed value is the caller's to judge."""
+    value = spec.get(field)
+    return default if value is None else value
+
+
 def _str_list(spec: Mapping[str, Any], field: str, limit: int) -> list[str]:
-    value = spec.get(field) or []
+    value = _get(spec, field, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidSpec(f"spec.{field} must be a list of strings")
     if len(value) > limit:
@@ -97,7 +103,7 @@ def _name_field(spec: Mapping[str, Any], field: str, default: str) -> str:
 
 
 def _string_map(spec: Mapping[str, Any], field: str, max_value: int) -> dict[str, str]:
-    value = spec.get(field) or {}
+    value = _get(spec, field, {})
     if not isinstance(value, Mapping):
         raise InvalidSpec(f"spec.secretTemplate.{field} must be a map of strings")
     if len(value) > MAX_TEMPLATE_ENTRIES:
@@ -113,7 +119,7 @@ def _string_map(spec: Mapping[str, Any], field: str, max_value: int) -> dict[str
 
 
 def _key_spec(raw: Any) -> KeySpec:
-    raw = raw or {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise InvalidSpec("spec.privateKey must be an object")
     algorithm = raw.get("algorithm") or "ECDSA"
@@ -136,8 +142,10 @@ def _key_spec(raw: Any) -> KeySpec:
 
 
 def default_dns_names(service: str, namespace: str, cluster_domain: str) -> list[str]:
-    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
-            f"{service}.{namespace}.svc.{cluster_domain}"]
+    """The names a Service of that name answers to. The bare single-label `<service>` is left out: RFC 5280 linters
+    (pkilint) reject single-label dNSNames, and a client in another namespace cannot use it anyway; add it to
+    spec.dnsNames explicitly where a same-namespace client dials the short name."""
+    return [f"{service}.{namespace}", f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.{cluster_domain}"]
 
 
 def parse(namespace: str, name: str, spec: Mapping[str, Any] | None, settings: Settings) -> IdentitySpec:
@@ -147,7 +155,7 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any] | None, settings: S
     secret_name = _name_field(spec, "secretName", f"{name}-mtls")
     service_account = _name_field(spec, "serviceAccountName", name)
 
-    usages = spec.get("usages") or ["server", "client"]
+    usages = _get(spec, "usages", ["server", "client"])
     if not isinstance(usages, list) or not usages or any(u not in ("server", "client") for u in usages):
         raise InvalidSpec(f"spec.usages {usages!r} must list server and/or client")
     server, client = "server" in usages, "client" in usages
@@ -182,7 +190,7 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any] | None, settings: S
             f"spec.renewBefore {format_duration(renew_before)} must be shorter than duration "
             f"{format_duration(duration)}")
 
-    template = spec.get("secretTemplate") or {}
+    template = _get(spec, "secretTemplate", {})
     if not isinstance(template, Mapping):
         raise InvalidSpec("spec.secretTemplate must be an object")
     return IdentitySpec(

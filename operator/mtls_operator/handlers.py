@@ -1,0 +1,73 @@
+"""kopf wiring, and nothing else: which streams to watch, how kopf is configured, and which Reconciler method each
+event calls. Decisions live in plan.py, effects in reconciler.py.
+
+Only raw watch-event handlers are used (`on.event`): kopf stores nothing on the objects for them — no finalizers, no
+progress annotations, no status fields — so the operator's writes per issuance are exactly its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from . import metrics, tlssecret
+from .kube import Kube
+from .reconciler import Reconciler
+from .spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    # The same credentials as kube.py's client: in-cluster service account, else KUBECONFIG.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure(settings)
+        kube = Kube(workers=memo.settings.api_workers)
+        reconciler = Reconciler(memo.settings, kube)
+        memo.kube, memo.reconciler = kube, reconciler
+        # Pre-fill the Secret cache before any identity event is handled, so a restarted operator finds what it issued
+        # instead of trying to create it again.
+        for body in await kube.list_managed_secrets(tlssecret.MANAGED_SELECTOR, memo.settings.namespaces):
+            reconciler.secrets.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
+        await reconciler.bootstrap_ca()
+        reconciler.start_ca_watch(asyncio.get_running_loop())
+        memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")
+        metrics.serve(memo.settings.metrics_port)
+        log.info("mtls-operator started: %d managed Secrets, CA %s", len(reconciler.secrets),
+                 "ready" if reconciler.ca else "UNAVAILABLE")
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        if getattr(memo, "scheduler_task", None):
+            memo.scheduler_task.cancel()
+        if getattr(memo, "reconciler", None):
+            memo.reconciler.stop()
+            memo.kube.close()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def identity_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.identity_event(event["type"], event["object"])
+
+    @kopf.on.event("v1", "secrets", registry=registry)
+    async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.secret_event(event["type"], event["object"])
+
+    return registry
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    # Our own Events only: kopf would otherwise post one per handler run.
+    settings.posting.enabled = False
+    # Watch only the Secrets the operator manages, filtered by the API server rather than in this process.
+    settings.watching.label_selectors["v1", "secrets"] = tlssecret.MANAGED_SELECTOR
+    # Serve the resources that exist at start; no list/watch of CRDs and namespaces is needed (least privilege).
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330

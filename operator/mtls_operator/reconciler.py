@@ -1,0 +1,372 @@
+"""Turns decisions into effects: the one place where an identity is read from the caches, decided on (plan.py),
+issued (pki.py), written (kube.py), reported (status, Events, metrics) and scheduled for its next look.
+
+Triggers (identity events, Secret events, the CA changing, the scheduler) all land in `trigger()`, which coalesces them:
+per identity at most one reconcile runs and at most one waits. Caches hold the newest version seen of every identity and
+managed Secret — from kopf's watch streams and from the responses to our own writes — so a reconcile reads nothing from
+the API in the common case, and an unchanged world costs no write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from . import ca as ca_mod
+from . import metrics, pki, plan, status, tlssecret
+from .config import Settings
+from .kube import ApiError, Conflict, Kube, NotFound
+from .scheduler import Scheduler
+from .spec import GROUP, KIND, IdentitySpec, InvalidSpec, parse
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]  # (namespace, name)
+# A Secret we do not own is not watched; look again this often to notice it has gone.
+CONFLICT_RECHECK = dt.timedelta(seconds=60)
+MAX_BACKOFF = 300.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _rv(body: Mapping[str, Any]) -> int:
+    try:
+        return int(body.get("metadata", {}).get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
+class NewestCache:
+    """Objects by key, keeping the newest resourceVersion seen: a late watch event never undoes our own write."""
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, dict[str, Any]] = {}
+
+    def put(self, key: Hashable, body: Mapping[str, Any]) -> None:
+        current = self._items.get(key)
+        if current is None or _rv(body) >= _rv(current) or not _rv(body):
+            self._items[key] = dict(body)
+
+    def drop(self, key: Hashable) -> None:
+        self._items.pop(key, None)
+
+    def get(self, key: Hashable) -> dict[str, Any] | None:
+        return self._items.get(key)
+
+    def __iter__(self):
+        return iter(list(self._items))  # a snapshot: callers may change the cache while iterating
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, kube: Kube, clock=utcnow) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.clock = clock
+        self.identities = NewestCache()  # (ns, name) -> MtlsIdentity
+        self.secrets = NewestCache()  # (ns, secretName) -> managed Secret
+        self.ca: ca_mod.CA | None = None
+        self.ca_error = "the CA has not been loaded yet"
+        self.scheduler = Scheduler(self.trigger, clock)
+        self.scheduler.lateness = metrics.renewal_lateness.observe
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._queued: set[Key] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._failures: dict[Key, int] = {}
+        self._conflicted: set[Key] = set()
+        self._issuance = asyncio.Semaphore(settings.max_concurrent_issuance)
+        self._ca_watch_stop = threading.Event()
+
+    # ---- inputs from the watches ----
+
+    def identity_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event_type == "DELETED":
+            self.identities.drop(key)
+            self.scheduler.cancel(key)
+            self._failures.pop(key, None)
+            self._conflicted.discard(key)
+            metrics.forget(*key)
+            return
+        self.identities.put(key, body)
+        self.trigger(key)
+
+    def secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        skey = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.secrets.drop(skey)
+        else:
+            self.secrets.put(skey, body)
+        owner = tlssecret.controller_ref(body).get("name")
+        if owner:
+            self.trigger((meta["namespace"], owner))
+
+    def trigger_all(self) -> None:
+        for key in self.identities:
+            self.trigger(key)
+
+    def trigger(self, key: Hashable) -> None:
+        """Asks for a reconcile of one identity; a no-op when one is already waiting to run."""
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        task = asyncio.get_running_loop().create_task(self._run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- the CA ----
+
+    async def bootstrap_ca(self) -> None:
+        """Loads the CA Secret, creating a self-signed root first if there is none. Create-if-absent: of two operators
+        starting together, one POST wins and the other reads the winner's root."""
+        s = self.settings
+        body = await self.kube.get_secret(s.ca_namespace, s.ca_secret_name)
+        if body is None:
+            data = ca_mod.new_root(s, self.clock())
+            new = {
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": s.ca_secret_name, "namespace": s.ca_namespace,
+                             "labels": {"app.kubernetes.io/name": "mtls-operator", "mtls-operator.io/ca": "root"}},
+                "data": {k: _b64(v) for k, v in data.items()},
+            }
+            try:
+                body = await self.kube.create_secret(new)
+                log.info("created a self-signed root CA in Secret %s/%s", s.ca_namespace, s.ca_secret_name)
+            except Conflict:
+                body = await self.kube.get_secret(s.ca_namespace, s.ca_secret_name)
+        await self.ca_changed(body, startup=True)
+
+    def start_ca_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        s = self.settings
+
+        def on_change(body: dict[str, Any] | None) -> None:
+            asyncio.run_coroutine_threadsafe(self.ca_changed(body), loop)
+
+        thread = threading.Thread(target=self.kube.watch_secret, name="ca-watch", daemon=True,
+                                  args=(s.ca_namespace, s.ca_secret_name, on_change, self._ca_watch_stop))
+        thread.start()
+
+    def stop(self) -> None:
+        self._ca_watch_stop.set()
+
+    async def ca_changed(self, body: Mapping[str, Any] | None, startup: bool = False) -> None:
+        s = self.settings
+        where = f"{s.ca_namespace}/{s.ca_secret_name}"
+        try:
+            if body is None:
+                raise ca_mod.CAError(f"CA Secret {where} does not exist")
+            new = ca_mod.load(_decode_data(body), self.clock())
+        except ca_mod.CAError as e:
+            message = f"CA Secret {where} is unusable: {e}; nothing will be issued until it is fixed"
+            if message != self.ca_error or startup:
+                log.error(message)
+                if body is not None:
+                    await self.kube.post_event(body, "Secret", "Warning", "CAInvalid", message)
+            self.ca, self.ca_error = None, message
+            metrics.ca_ready.set(0)
+            self.trigger_all()
+            return
+        old = self.ca
+        self.ca, self.ca_error = new, ""
+        metrics.ca_ready.set(1)
+        metrics.ca_expiry.set(new.not_after.timestamp())
+        if old is None or old.fingerprint != new.fingerprint or old.bundle_pem != new.bundle_pem:
+            log.info("issuing CA %s (%s), valid until %s", new.cert.subject.rfc4514_string(), new.fingerprint[:16],
+                     new.not_after.isoformat())
+            self.trigger_all()
+
+    # ---- one reconcile ----
+
+    async def _run(self, key: Key) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            self._queued.discard(key)  # from here on, a new trigger queues one more run
+            body = self.identities.get(key)
+            if body is None:
+                self._locks.pop(key, None)
+                return
+            started = time.perf_counter()
+            try:
+                await self._reconcile(key, body)
+                self._failures.pop(key, None)
+            except Exception as e:
+                await self._failed(key, e)
+            finally:
+                metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    async def _failed(self, key: Key, error: Exception) -> None:
+        count = self._failures[key] = self._failures.get(key, 0) + 1
+        delay = min(2.0 ** (count - 1), MAX_BACKOFF)
+        log.warning("reconcile of %s/%s failed (attempt %d, retry in %.0fs): %s", *key, count, delay, error)
+        metrics.failures.labels(status.Ready.ISSUANCE_FAILED).inc()
+        self.scheduler.schedule(key, self.clock() + dt.timedelta(seconds=delay))
+        body = self.identities.get(key)
+        if body is not None:
+            message = f"{type(error).__name__}: {error}"[:512]
+            try:
+                await self._report_failure(body, status.Ready.ISSUANCE_FAILED, message)
+            except ApiError as e:
+                log.warning("could not report the failure of %s/%s: %s", *key, e)
+
+    async def _reconcile(self, key: Key, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return
+        try:
+            spec = parse(key[0], key[1], body.get("spec"), self.settings)
+        except InvalidSpec as e:
+            self.scheduler.cancel(key)
+            await self._report_failure(body, status.Ready.INVALID_SPEC, str(e))
+            return
+        for _attempt in range(3):
+            skey = (spec.namespace, spec.secret_name)
+            secret = self.secrets.get(skey)
+            if secret is None and key in self._conflicted:
+                secret = await self.kube.get_secret(*skey)
+            view = tlssecret.read(secret, meta["uid"])
+            try:
+                await self._act(key, body, spec, view)
+                return
+            except (Conflict, NotFound) as e:
+                # Someone wrote the Secret between our read and our write (or it exists but is not in our watch):
+                # read it fresh and decide again.
+                log.debug("secret %s/%s changed under us (%s); deciding again", *skey, e.reason)
+                fresh = await self.kube.get_secret(*skey)
+                if fresh is not None and tlssecret.controller_ref(fresh).get("uid") == meta["uid"]:
+                    self.secrets.put(skey, fresh)
+                elif fresh is not None:
+                    self._conflicted.add(key)
+                else:
+                    self.secrets.drop(skey)
+        raise RuntimeError(f"Secret {spec.secret_name} kept changing while being written")
+
+    async def _act(self, key: Key, body: dict[str, Any], spec: IdentitySpec, view: tlssecret.SecretView) -> None:
+        now = self.clock()
+        ca = self.ca
+        if ca is None:
+            await self._without_ca(key, body, spec, view, now)
+            return
+        renew_request = (body["metadata"].get("annotations") or {}).get(tlssecret.ANN_RENEW_REQUEST, "")
+        decision = plan.decide(spec, view, ca, now, renew_request)
+
+        if decision.action is plan.Action.CONFLICT:
+            self._conflicted.add(key)
+            self.scheduler.schedule(key, now + CONFLICT_RECHECK)
+            await self._report_failure(body, status.Ready.SECRET_CONFLICT, decision.message)
+            return
+        self._conflicted.discard(key)
+
+        if decision.action is plan.Action.ISSUE:
+            cert, key_obj, renewal, revision = await self._issue(body, spec, view, decision, ca)
+        else:
+            assert view.cert is not None and view.key is not None
+            cert, key_obj, renewal, revision = view.cert, view.key, decision.renewal_time, view.revision
+            if decision.action is plan.Action.REFRESH:
+                annotations = {k: v for k, v in view.annotations.items() if k.startswith(GROUP + "/")}
+                await self._write(spec, body, view, tlssecret.build(
+                    spec, body["metadata"]["uid"], cert, key_obj, ca.chain_pem(), ca.bundle_pem, annotations,
+                    view.resource_version))
+
+        desired = status.healthy(body.get("status") or {}, spec.secret_name, spec.spiffe_id, cert, renewal, revision,
+                                 ca.fingerprint, body["metadata"].get("generation", 0), now)
+        await self._set_status(key, body, desired)
+        metrics.identity_ready.labels(*key).set(1)
+        metrics.certificate_expiry.labels(*key).set(cert.not_valid_after_utc.timestamp())
+        if renewal:
+            metrics.certificate_renewal.labels(*key).set(renewal.timestamp())
+            self.scheduler.schedule(key, renewal)
+        else:
+            self.scheduler.cancel(key)
+
+    async def _issue(self, body: dict[str, Any], spec: IdentitySpec, view: tlssecret.SecretView,
+                     decision: plan.Decision, ca: ca_mod.CA):
+        request = pki.LeafRequest(spiffe_id=spec.spiffe_id, dns_names=spec.dns_names,
+                                  ip_addresses=spec.ip_addresses, server=spec.server, client=spec.client,
+                                  duration=spec.duration)
+        kept_key = view.key if decision.reuse_key else None
+
+        def sign() -> tuple[Any, Any]:
+            key_obj = kept_key or pki.generate_key(spec.key.algorithm, spec.key.size)
+            return pki.issue_leaf(request, key_obj.public_key(), ca.cert, ca.key, self.clock(),
+                                  self.settings.backdate), key_obj
+
+        async with self._issuance:  # key generation (RSA-4096 takes a second) stays off the event loop
+            cert, key_obj = await asyncio.to_thread(sign)
+        revision = view.revision + 1 if view.owned else 1
+        renew_request = (body["metadata"].get("annotations") or {}).get(tlssecret.ANN_RENEW_REQUEST, "")
+        annotations = tlssecret.record(spec, cert, ca.fingerprint, revision, renew_request)
+        await self._write(spec, body, view, tlssecret.build(
+            spec, body["metadata"]["uid"], cert, key_obj, ca.chain_pem(), ca.bundle_pem, annotations,
+            view.resource_version if view.owned else ""))
+        first = revision == 1
+        reason = "Issued" if first else "Renewed"
+        metrics.issuance.labels(decision.reason.value).inc()
+        log.info("%s %s/%s: serial %s, valid until %s (%s)", reason.lower(), spec.namespace, spec.name,
+                 pki.serial_hex(cert), cert.not_valid_after_utc.isoformat(), decision.reason.value)
+        await self.kube.post_event(body, KIND, "Normal", reason,
+                                   f"{reason} certificate {pki.serial_hex(cert)} for {spec.spiffe_id} into Secret "
+                                   f"{spec.secret_name} ({decision.reason.value}: {decision.message})")
+        renewal = plan.renewal_time(cert.not_valid_after_utc, spec, cert.serial_number)
+        if cert.not_valid_after_utc >= ca.not_after - dt.timedelta(seconds=1) and renewal <= self.clock():
+            renewal = None  # cut short by the CA: the CA's replacement triggers the next issuance
+        return cert, key_obj, renewal, revision
+
+    async def _write(self, spec: IdentitySpec, body: dict[str, Any], view: tlssecret.SecretView,
+                     secret: dict[str, Any]) -> None:
+        if view.exists:
+            written = await self.kube.replace_secret(secret)
+        else:
+            written = await self.kube.create_secret(secret)
+        self.secrets.put((spec.namespace, spec.secret_name), written)
+
+    async def _without_ca(self, key: Key, body: dict[str, Any], spec: IdentitySpec, view: tlssecret.SecretView,
+                          now: dt.datetime) -> None:
+        """No usable CA: an identity whose certificate is still good keeps it (and its Ready); others report why."""
+        cert = view.cert
+        if view.owned and cert is not None and now < plan.renewal_time(cert.not_valid_after_utc, spec,
+                                                                       cert.serial_number):
+            return
+        await self._report_failure(body, status.Ready.CA_UNAVAILABLE, self.ca_error)
+
+    async def _report_failure(self, body: dict[str, Any], reason: str, message: str) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        previous = body.get("status") or {}
+        desired = status.failed(previous, reason, message, body["metadata"].get("generation", 0), self.clock())
+        if await self._set_status(key, body, desired):
+            metrics.failures.labels(reason).inc()
+            await self.kube.post_event(body, KIND, "Warning", reason, message)
+        metrics.identity_ready.labels(*key).set(0)
+
+    async def _set_status(self, key: Key, body: dict[str, Any], desired: dict[str, Any]) -> bool:
+        """Patches only what differs; returns whether anything was written."""
+        current = body.get("status") or {}
+        if not status.differs(current, desired):
+            return False
+        written = await self.kube.patch_identity_status(*key, status.merge_patch(current, desired))
+        self.identities.put(key, written)
+        return True
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _decode_data(body: Mapping[str, Any]) -> dict[str, bytes]:
+    out = {}
+    for k, v in (body.get("data") or {}).items():
+        try:
+            out[k] = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            out[k] = b""
+    return out

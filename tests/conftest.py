@@ -1,0 +1,32 @@
+"""pytest wiring: unit tests need nothing; tests under tests/integration get the `integration` marker and a real control
+plane (hack/cluster.py), or the cluster named by MTLS_KUBECONFIG (e.g. a kind cluster) when that is set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory):
+    existing = os.environ.get("MTLS_KUBECONFIG")
+    if existing:
+        yield Path(existing)
+        return
+    import cluster  # hack/cluster.py
+
+    if not all((cluster.bin_dir() / b).exists() for b in ("etcd", "kube-apiserver", "kube-controller-manager")):
+        cluster.ensure_binaries()
+    local = cluster.LocalCluster(kubeconfig=tmp_path_factory.mktemp("cluster") / "kubeconfig")
+    with local:
+        yield local.kubeconfig

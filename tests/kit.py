@@ -1,0 +1,201 @@
+"""Test helpers shared by the integration tests: polling with a deadline, the built kubectl, the operator as a real
+subprocess, and small readers for identities and their Secrets. No mocks: everything here talks to a real API server."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kubernetes
+
+REPO = Path(__file__).resolve().parent.parent
+GROUP, VERSION, PLURAL = "mtls-operator.io", "v1alpha1", "mtlsidentities"
+OPERATOR_NAMESPACE = "mtls-operator"
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.1) -> T:
+    """Polls until probe() returns something truthy; fails with the last value (or error) after the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = probe()
+            if last:
+                return last
+        except kubernetes.client.exceptions.ApiException as e:
+            last = f"ApiException {e.status}: {e.reason}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+class Kubectl:
+    def __init__(self, binary: Path, kubeconfig: Path) -> None:
+        self.binary, self.kubeconfig = binary, kubeconfig
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.binary), f"--kubeconfig={self.kubeconfig}", *args], input=input,
+                              capture_output=True, text=True, check=check, timeout=60)
+
+
+class Api:
+    """The official client's typed APIs, plus shortcuts for MtlsIdentity (a custom resource)."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        config = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=config)
+        self.client = kubernetes.client.ApiClient(config)
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.client)
+
+    def namespace(self, prefix: str = "t") -> str:
+        name = unique(prefix)
+        self.core.create_namespace({"metadata": {"name": name}})
+        return name
+
+    def create_identity(self, namespace: str, name: str, spec: dict[str, Any] | None = None,
+                        annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity",
+                "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+                "spec": spec or {}}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def identity(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def patch_identity(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+
+    def delete_identity(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def secret(self, namespace: str, name: str):
+        try:
+            return self.core.read_namespaced_secret(name, namespace)
+        except kubernetes.client.exceptions.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def ready(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The identity when its Ready condition is True for its current generation, else None."""
+        obj = self.identity(namespace, name)
+        cond = ready_condition(obj)
+        if cond.get("status") == "True" and obj.get("status", {}).get("observedGeneration") == \
+                obj["metadata"]["generation"]:
+            return obj
+        return None
+
+    def wait_ready(self, namespace: str, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        return wait_for(f"{namespace}/{name} Ready", lambda: self.ready(namespace, name), timeout)
+
+    def wait_reason(self, namespace: str, name: str, reason: str, timeout: float = 30.0) -> dict[str, Any]:
+        def probe():
+            obj = self.identity(namespace, name)
+            return obj if ready_condition(obj).get("reason") == reason else None
+        return wait_for(f"{namespace}/{name} reason {reason}", probe, timeout)
+
+    def events(self, namespace: str, name: str) -> list[Any]:
+        items = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        return list(items)
+
+
+def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+
+
+def secret_files(secret) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+
+def write_identity_dir(secret, folder: Path) -> Path:
+    """The files a pod would see where the Secret is mounted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in secret_files(secret).items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+class OperatorProcess:
+    """`mtls-operator run` as a real subprocess, against the test cluster. Its whole output is kept in a log file (the
+    secrets-hygiene test scans it for key material)."""
+
+    def __init__(self, kubeconfig: Path, log_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.kubeconfig, self.log_dir, self.extra_args = kubeconfig, log_dir, extra_args
+        self.proc: subprocess.Popen | None = None
+        self.metrics_port = self.health_port = 0
+        self.starts = 0
+        self.log_path = log_dir / "operator-0.log"
+
+    def start(self, *more_args: str) -> OperatorProcess:
+        assert self.proc is None, "already running"
+        self.starts += 1
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.log_path = self.log_dir / f"operator-{self.starts}.log"
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        args = [sys.executable, "-m", "mtls_operator", "run", "--ca-namespace", OPERATOR_NAMESPACE,
+                "--min-duration", "10s", "--metrics-port", str(self.metrics_port),
+                "--health-port", str(self.health_port), *self.extra_args, *more_args]
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
+                                     cwd=REPO)
+        wait_for("the operator's liveness endpoint", self.healthy, timeout=60)
+        return self
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self, *more_args: str) -> OperatorProcess:
+        self.stop()
+        return self.start(*more_args)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def all_logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
