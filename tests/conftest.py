@@ -18,10 +18,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(tmp_path_factory: pytest.TempPathFactory):
-    existing = os.environ.get("MTLS_KUBECONFIG")
-    if existing:
-        yield Path(existing)
+def control_plane(tmp_path_factory: pytest.TempPathFactory):
+    """The local control plane, or None when MTLS_KUBECONFIG names another cluster."""
+    if os.environ.get("MTLS_KUBECONFIG"):
+        yield None
         return
     import cluster  # hack/cluster.py
 
@@ -29,4 +29,9 @@ def kubeconfig(tmp_path_factory: pytest.TempPathFactory):
         cluster.ensure_binaries()
     local = cluster.LocalCluster(kubeconfig=tmp_path_factory.mktemp("cluster") / "kubeconfig")
     with local:
-        yield local.kubeconfig
+        yield local
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane) -> Path:
+    return control_plane.kubeconfig if control_plane else Path(os.environ["MTLS_KUBECONFIG"])

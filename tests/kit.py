@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import socket
+import string
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,7 +46,9 @@ def free_port() -> int:
 
 
 def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+    # Letters only: a namespace of digits would make `<svc>.<ns>` end in an all-numeric label, which RFC 1123 linters
+    # (pkilint) reject as a top-level domain.
+    return f"{prefix}-{''.join(random.choices(string.ascii_lowercase, k=8))}"
 
 
 class Kubectl:

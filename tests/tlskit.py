@@ -1,0 +1,81 @@
+"""Real TLS handshakes over loopback TCP between Python `ssl` peers holding identity files, for the tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+
+@dataclasses.dataclass
+class Outcome:
+    ok: bool
+    error: str = ""
+    peer_uris: tuple[str, ...] = ()
+    data: bytes = b""
+
+
+def server_context(folder: Path, mode: ssl.VerifyMode = ssl.CERT_REQUIRED) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(folder / "tls.crt", folder / "tls.key")
+    ctx.load_verify_locations(folder / "ca.crt")
+    ctx.verify_mode = mode
+    return ctx
+
+
+def client_context(ca_folder: Path, identity: Path | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server and its hostname
+    ctx.load_verify_locations(ca_folder / "ca.crt")
+    if identity is not None:
+        ctx.load_cert_chain(identity / "tls.crt", identity / "tls.key")
+    return ctx
+
+
+def _uris(cert: dict | None) -> tuple[str, ...]:
+    return tuple(v for k, v in (cert or {}).get("subjectAltName", ()) if k == "URI")
+
+
+def exchange(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, hostname: str,
+             timeout: float = 10.0) -> tuple[Outcome, Outcome]:
+    """One connection: the client sends a line, the server answers with the client's SPIFFE ID (or "anonymous").
+
+    Returns what each side saw. With TLS 1.3 a rejected client certificate surfaces on the client only at its first
+    read, so the client always reads the answer before reporting success.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(timeout)
+    port = listener.getsockname()[1]
+    server_result = Outcome(ok=False)
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(timeout)
+                uris = _uris(tls.getpeercert())
+                tls.recv(64)
+                tls.sendall((uris[0] if uris else "anonymous").encode())
+                server_result.ok, server_result.peer_uris = True, uris
+        except (OSError, ssl.SSLError) as e:
+            server_result.error = f"{type(e).__name__}: {e}"
+        finally:
+            listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client_result = Outcome(ok=False)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+                client_ctx.wrap_socket(raw, server_hostname=hostname) as tls:
+            client_result.peer_uris = _uris(tls.getpeercert())
+            tls.sendall(b"hello\n")
+            data = tls.recv(256)
+            client_result.ok, client_result.data = bool(data), data
+            if not data:
+                client_result.error = "connection closed without an answer"
+    except (OSError, ssl.SSLError) as e:
+        client_result.error = f"{type(e).__name__}: {e}"
+    thread.join(timeout)
+    return server_result, client_result
