@@ -29,7 +29,7 @@ class CAError(ValueError):
 class CA:
     cert: x509.Certificate  # the issuing CA
     key: pki.PrivateKey
-    chain: tuple[x509.Certificate, ...]  # certificates above `cert` that peers need and may not have (no root)
+    chain: tuple[x509.Certificate, ...]  # what follows the leaf in tls.crt: `cert` if an intermediate, and above
     bundle_pem: bytes  # trust anchors: what ca.crt in every identity Secret holds
     fingerprint: str  # of `cert`: names the issuer in status and annotations
 
@@ -88,7 +88,9 @@ def load(data: Mapping[str, bytes], now: dt.datetime) -> CA:
     else:
         raise CAError("CA tls.crt is an intermediate but the Secret has no ca.crt with its root")
 
-    chain = tuple(c for c in certs[1:] if not _is_self_signed(c))
+    # Peers need every certificate between the leaf and their trust anchor: the issuing CA itself when it is an
+    # intermediate, and any above it. A self-signed root is never sent; peers have it in ca.crt.
+    chain = tuple(c for c in certs if not _is_self_signed(c))
     _trial_sign(cert, key, now)
     return CA(cert=cert, key=key, chain=chain, bundle_pem=pki.to_pem(*anchors), fingerprint=pki.fingerprint(cert))
 

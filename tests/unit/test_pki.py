@@ -101,7 +101,7 @@ def test_brought_intermediate_issues_leaves_with_the_chain(settings, identity) -
     root_data = _root_data()
     inter = ca_mod.load(_intermediate(root_data), NOW)
     assert inter.bundle_pem == root_data["tls.crt"]
-    assert inter.chain == ()  # the root itself is not sent in the chain
+    assert inter.chain == (inter.cert,)  # the intermediate goes with every leaf; the root never does
     leaf = issue_view(identity, inter).cert
     # No SKI on the intermediate: the AKI is derived from its public key.
     assert ext(leaf, x509.AuthorityKeyIdentifier).value.key_identifier == \

@@ -1,0 +1,161 @@
+"""An identity's life against the real control plane: rotation before expiry, restarts that reissue nothing, healing
+after deletion or tampering, conflicts with Secrets we do not own, renew-on-request, and garbage collection."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+
+from mtls_operator import pki
+from tests import tlskit
+from tests.kit import Api, OperatorProcess, ready_condition, secret_files, wait_for, write_identity_dir
+
+SHORT = {"duration": "30s", "renewBefore": "20s"}  # renews ~10 s after issuance (the test operator's minimum is 10s)
+
+
+def _parse(ts: str) -> dt.datetime:
+    return dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def test_rotation_before_expiry_with_new_key_and_working_handshakes(api: Api, operator: OperatorProcess, ns: str,
+                                                                     tmp_path) -> None:
+    api.create_identity(ns, "rot", SHORT)
+    api.create_identity(ns, "peer", {"usages": ["client"]})
+    first = api.wait_ready(ns, "rot")["status"]
+    old_files = secret_files(api.secret(ns, "rot-mtls"))
+    peer = write_identity_dir(api.secret(ns, "peer-mtls"), tmp_path / "peer")
+
+    renewed = wait_for("a renewal", lambda: (o := api.ready(ns, "rot")) and o["status"]["revision"] >= 2 and o,
+                       timeout=40)["status"]
+    new_files = secret_files(api.secret(ns, "rot-mtls"))
+    new_cert = pki.load_chain(new_files["tls.crt"])[0]
+    assert renewed["serialNumber"] != first["serialNumber"]
+    assert new_files["tls.key"] != old_files["tls.key"]  # rotationPolicy Always: a new key
+    # Renewed before the old certificate expired, and not before its renewal time.
+    issued_at = new_cert.not_valid_before_utc + dt.timedelta(minutes=5)
+    assert _parse(first["renewalTime"]) - dt.timedelta(seconds=1) <= issued_at < _parse(first["notAfter"])
+    assert ready_condition(api.identity(ns, "rot"))["reason"] == "Renewed"
+    assert any(e.reason == "Renewed" for e in api.events(ns, "rot"))
+
+    folder = write_identity_dir(api.secret(ns, "rot-mtls"), tmp_path / "rot")
+    s, c = tlskit.exchange(tlskit.server_context(folder), tlskit.client_context(peer, peer), f"rot.{ns}.svc")
+    assert s.ok and c.ok, (s, c)
+
+
+def test_rotation_policy_never_keeps_the_key(api: Api, operator: OperatorProcess, ns: str) -> None:
+    api.create_identity(ns, "keep", {**SHORT, "privateKey": {"rotationPolicy": "Never"}})
+    api.wait_ready(ns, "keep")
+    key = secret_files(api.secret(ns, "keep-mtls"))["tls.key"]
+    wait_for("a renewal", lambda: (o := api.ready(ns, "keep")) and o["status"]["revision"] >= 2, timeout=40)
+    assert secret_files(api.secret(ns, "keep-mtls"))["tls.key"] == key
+
+
+def test_restart_mid_life_reissues_nothing(api: Api, operator: OperatorProcess, ns: str) -> None:
+    names = [f"stay{i}" for i in range(5)]
+    for name in names:
+        api.create_identity(ns, name, {"duration": "1h"})
+    before = {}
+    for name in names:
+        obj = api.wait_ready(ns, name)
+        before[name] = (obj["metadata"]["resourceVersion"],
+                        api.secret(ns, f"{name}-mtls").metadata.resource_version)
+    operator.restart()
+    # The restarted operator has looked at every identity once it exports their readiness.
+    for name in names:
+        wait_for(f"{name} reconciled after the restart", lambda n=name: (
+            f'mtls_operator_identity_ready{{name="{n}",namespace="{ns}"}} 1.0' in operator.metrics()))
+    # A new identity is served, so the operator is fully running.
+    api.create_identity(ns, "after-restart")
+    api.wait_ready(ns, "after-restart")
+    for name in names:
+        assert (api.identity(ns, name)["metadata"]["resourceVersion"],
+                api.secret(ns, f"{name}-mtls").metadata.resource_version) == before[name], name
+
+
+def test_deleted_secret_heals(api: Api, operator: OperatorProcess, ns: str) -> None:
+    api.create_identity(ns, "heal")
+    serial = api.wait_ready(ns, "heal")["status"]["serialNumber"]
+    api.core.delete_namespaced_secret("heal-mtls", ns)
+    obj = wait_for("a new Secret", lambda: (o := api.ready(ns, "heal")) and o["status"]["serialNumber"] != serial
+                   and api.secret(ns, "heal-mtls") and o)
+    assert obj["status"]["revision"] == 1  # the record went with the Secret; a fresh start
+
+
+def _patch_data(api: Api, ns: str, name: str, **files: bytes) -> None:
+    api.core.patch_namespaced_secret(name, ns, {"data": {k.replace("_", "."): base64.b64encode(v).decode()
+                                                         for k, v in files.items()}})
+
+
+def _healed(api: Api, ns: str, name: str, serial: str):
+    def probe():
+        files = secret_files(api.secret(ns, f"{name}-mtls"))
+        try:
+            cert = pki.load_chain(files["tls.crt"])[0]
+            key = pki.load_key(files["tls.key"])
+        except pki.PKIError:
+            return None
+        obj = api.ready(ns, name)
+        return (pki.serial_hex(cert) != serial and pki.key_matches(cert, key) and obj
+                and obj["status"]["serialNumber"] == pki.serial_hex(cert)
+                and pki.spiffe_ids(cert) == [f"spiffe://cluster.local/ns/{ns}/sa/{name}"] and obj)
+    return wait_for(f"{name} healed", probe)
+
+
+def test_tampered_secret_heals(api: Api, operator: OperatorProcess, ns: str) -> None:
+    api.create_identity(ns, "tamper")
+    serial = api.wait_ready(ns, "tamper")["status"]["serialNumber"]
+
+    _patch_data(api, ns, "tamper-mtls", tls_key=pki.key_to_pem(pki.generate_key("ECDSA", 256)))
+    serial = _healed(api, ns, "tamper", serial)["status"]["serialNumber"]
+
+    _patch_data(api, ns, "tamper-mtls", tls_crt=b"not a certificate")
+    serial = _healed(api, ns, "tamper", serial)["status"]["serialNumber"]
+
+    # A certificate another identity holds (same CA, other SPIFFE ID) is not this identity's.
+    api.create_identity(ns, "other")
+    api.wait_ready(ns, "other")
+    other = secret_files(api.secret(ns, "other-mtls"))
+    _patch_data(api, ns, "tamper-mtls", tls_crt=other["tls.crt"], tls_key=other["tls.key"])
+    assert _healed(api, ns, "tamper", serial)["status"]["revision"] == 4
+
+
+def test_foreign_secret_is_never_touched(api: Api, operator: OperatorProcess, ns: str) -> None:
+    api.core.create_namespaced_secret(ns, {"metadata": {"name": "taken"}, "stringData": {"password": "hunter2"}})
+    original = api.secret(ns, "taken")
+    api.create_identity(ns, "squatter", {"secretName": "taken"})
+    obj = api.wait_reason(ns, "squatter", "SecretConflict")
+    assert ready_condition(obj)["status"] == "False"
+    assert any(e.reason == "SecretConflict" for e in api.events(ns, "squatter"))
+    # Poke the identity so it is reconciled again; the Secret must still be exactly as it was.
+    api.patch_identity(ns, "squatter", {"metadata": {"labels": {"poke": "1"}}})
+    wait_for("the poke to be reconciled", lambda: 'mtls_operator_identity_ready{name="squatter",namespace="' + ns +
+             '"} 0.0' in operator.metrics())
+    assert api.secret(ns, "taken").metadata.resource_version == original.metadata.resource_version
+    # Once its owner removes it, the identity takes the name on its next look.
+    api.core.delete_namespaced_secret("taken", ns)
+    api.patch_identity(ns, "squatter", {"metadata": {"labels": {"poke": "2"}}})
+    api.wait_ready(ns, "squatter")
+    assert api.secret(ns, "taken").type == "kubernetes.io/tls"
+
+
+def test_renew_on_request(api: Api, operator: OperatorProcess, ns: str) -> None:
+    api.create_identity(ns, "manual")
+    serial = api.wait_ready(ns, "manual")["status"]["serialNumber"]
+    api.patch_identity(ns, "manual", {"metadata": {"annotations": {"mtls-operator.io/renew": "2026-11-26T12:00:00Z"}}})
+    obj = wait_for("a requested renewal", lambda: (o := api.ready(ns, "manual")) and
+                   o["status"]["serialNumber"] != serial and o)
+    assert obj["status"]["revision"] == 2
+    secret = api.secret(ns, "manual-mtls")
+    assert secret.metadata.annotations["mtls-operator.io/renew-handled"] == "2026-11-26T12:00:00Z"
+    # The same request is not handled twice: another change of the identity leaves the certificate alone.
+    api.patch_identity(ns, "manual", {"metadata": {"labels": {"poke": "1"}}})
+    api.patch_identity(ns, "manual", {"spec": {"secretTemplate": {"labels": {"seen": "yes"}}}})
+    wait_for("the template label", lambda: api.secret(ns, "manual-mtls").metadata.labels.get("seen") == "yes")
+    assert api.identity(ns, "manual")["status"]["revision"] == 2
+
+
+def test_deleting_the_identity_removes_its_secret(api: Api, operator: OperatorProcess, ns: str) -> None:
+    api.create_identity(ns, "brief")
+    api.wait_ready(ns, "brief")
+    api.delete_identity(ns, "brief")
+    wait_for("garbage collection of the Secret", lambda: api.secret(ns, "brief-mtls") is None, timeout=60)
