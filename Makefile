@@ -31,7 +31,7 @@ cluster-up: venv bin ## start a local control plane that outlives the command; K
 cluster-down: ## stop it
 	$(PY) hack/cluster.py down
 
-demo: venv bin ## the local demo: control plane, CRD, operator, identities, a real mTLS handshake, a renewal
+demo: venv ## the local demo: control plane, CRD, operator, identities, a real mTLS handshake, a renewal
 	$(PY) hack/demo.py
 
 test: venv bin lint ## lint, unit and integration tests against a real control plane (set MTLS_KUBECONFIG to use another)

@@ -1,4 +1,5 @@
-"""Real TLS handshakes over loopback TCP between Python `ssl` peers holding identity files, for the tests."""
+"""Real TLS handshakes over loopback TCP between Python `ssl` peers holding identity files, for the tests. The
+contexts come from mtls_operator.workload, the helper workloads use."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import dataclasses
 import socket
 import ssl
 import threading
-from pathlib import Path
 
 
 @dataclasses.dataclass
@@ -15,22 +15,6 @@ class Outcome:
     error: str = ""
     peer_uris: tuple[str, ...] = ()
     data: bytes = b""
-
-
-def server_context(folder: Path, mode: ssl.VerifyMode = ssl.CERT_REQUIRED) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(folder / "tls.crt", folder / "tls.key")
-    ctx.load_verify_locations(folder / "ca.crt")
-    ctx.verify_mode = mode
-    return ctx
-
-
-def client_context(ca_folder: Path, identity: Path | None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server and its hostname
-    ctx.load_verify_locations(ca_folder / "ca.crt")
-    if identity is not None:
-        ctx.load_cert_chain(identity / "tls.crt", identity / "tls.key")
-    return ctx
 
 
 def _uris(cert: dict | None) -> tuple[str, ...]:

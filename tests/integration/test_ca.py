@@ -13,6 +13,7 @@ from cryptography import x509
 from mtls_operator import ca as ca_mod
 from mtls_operator import pki
 from mtls_operator.config import Settings
+from mtls_operator.workload import client_context, server_context
 from tests import tlskit
 from tests.kit import (
     OPERATOR_NAMESPACE,
@@ -115,6 +116,6 @@ def test_brought_in_intermediate_issues_chained_leaves(api: Api, operator: Opera
     verify = subprocess.run(["openssl", "verify", "-CAfile", str(srv / "ca.crt"), "-untrusted", str(srv / "tls.crt"),
                              str(srv / "tls.crt")], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    s, c = tlskit.exchange(tlskit.server_context(srv), tlskit.client_context(cli, cli), f"branch.{ns}.svc")
+    s, c = tlskit.exchange(server_context(srv), client_context(cli), f"branch.{ns}.svc")
     assert s.ok and c.ok, (s, c)
     assert s.peer_uris == (f"spiffe://cluster.local/ns/{ns}/sa/teller",)

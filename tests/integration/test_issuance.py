@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import subprocess
 
 import pytest
 from cryptography import x509
 
 from mtls_operator import pki
+from mtls_operator.workload import client_context, server_context
 from tests import tlskit
 from tests.kit import REPO, Api, OperatorProcess, ready_condition, secret_files, wait_for, write_identity_dir
 
@@ -81,36 +81,37 @@ def test_mutual_tls_strict_optional_and_foreign(api: Api, operator: OperatorProc
     host = f"server.{ns}.svc"
     client_id = f"spiffe://cluster.local/ns/{ns}/sa/client"
 
-    s, c = tlskit.exchange(tlskit.server_context(srv), tlskit.client_context(cli, cli), host)
+    s, c = tlskit.exchange(server_context(srv), client_context(cli), host)
     assert s.ok and c.ok, (s, c)
     assert s.peer_uris == (client_id,)
     assert c.peer_uris == (f"spiffe://cluster.local/ns/{ns}/sa/server",)
     assert c.data == client_id.encode()
 
     # Strict: a client without a certificate is refused.
-    s, c = tlskit.exchange(tlskit.server_context(srv), tlskit.client_context(cli, None), host)
+    s, c = tlskit.exchange(server_context(srv), client_context(cli, present_identity=False), host)
     assert not s.ok and not c.ok
 
     # Optional mTLS (clients not ready yet): anonymous clients get in, and certified ones are still identified.
-    s, c = tlskit.exchange(tlskit.server_context(srv, ssl.CERT_OPTIONAL), tlskit.client_context(cli, None), host)
+    optional = server_context(srv, require_client_cert=False)
+    s, c = tlskit.exchange(optional, client_context(cli, present_identity=False), host)
     assert s.ok and c.ok and c.data == b"anonymous"
-    s, c = tlskit.exchange(tlskit.server_context(srv, ssl.CERT_OPTIONAL), tlskit.client_context(cli, cli), host)
+    s, c = tlskit.exchange(optional, client_context(cli), host)
     assert s.ok and s.peer_uris == (client_id,)
 
     # A client whose certificate comes from another CA is refused, strict or optional.
-    foreign = _foreign_identity(tmp_path / "foreign", client_id)
-    for mode in (ssl.CERT_REQUIRED, ssl.CERT_OPTIONAL):
-        s, c = tlskit.exchange(tlskit.server_context(srv, mode), tlskit.client_context(cli, foreign), host)
-        assert not s.ok and not c.ok, (mode, s, c)
+    foreign = _foreign_identity(tmp_path / "foreign", client_id, trusted=(cli / "ca.crt").read_bytes())
+    for required in (True, False):
+        s, c = tlskit.exchange(server_context(srv, required), client_context(foreign), host)
+        assert not s.ok and not c.ok, (required, s, c)
         assert "certificate verify failed" in s.error or "unknown ca" in s.error.lower(), s.error
 
     # The client checks the server's name: the wrong hostname fails.
-    s, c = tlskit.exchange(tlskit.server_context(srv), tlskit.client_context(cli, cli), f"other.{ns}.svc")
+    s, c = tlskit.exchange(server_context(srv), client_context(cli), f"other.{ns}.svc")
     assert not c.ok and "match" in c.error
 
 
-def _foreign_identity(folder, spiffe_id: str):
-    """An identity claiming the same SPIFFE ID from a CA the cluster does not trust."""
+def _foreign_identity(folder, spiffe_id: str, trusted: bytes):
+    """An identity claiming the same SPIFFE ID from a CA the cluster does not trust (it trusts the cluster's CA)."""
     import datetime as dt
 
     now = dt.datetime.now(dt.UTC)
@@ -122,7 +123,7 @@ def _foreign_identity(folder, spiffe_id: str):
     folder.mkdir()
     (folder / "tls.crt").write_bytes(pki.to_pem(leaf))
     (folder / "tls.key").write_bytes(pki.key_to_pem(key))
-    (folder / "ca.crt").write_bytes(pki.to_pem(ca_cert))
+    (folder / "ca.crt").write_bytes(trusted)
     return folder
 
 

@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 
 from mtls_operator import pki
+from mtls_operator.workload import client_context, server_context
 from tests import tlskit
 from tests.kit import Api, OperatorProcess, ready_condition, secret_files, wait_for, write_identity_dir
 
@@ -38,7 +39,7 @@ def test_rotation_before_expiry_with_new_key_and_working_handshakes(api: Api, op
     assert any(e.reason == "Renewed" for e in api.events(ns, "rot"))
 
     folder = write_identity_dir(api.secret(ns, "rot-mtls"), tmp_path / "rot")
-    s, c = tlskit.exchange(tlskit.server_context(folder), tlskit.client_context(peer, peer), f"rot.{ns}.svc")
+    s, c = tlskit.exchange(server_context(folder), client_context(peer), f"rot.{ns}.svc")
     assert s.ok and c.ok, (s, c)
 
 
