@@ -71,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--health-port", type=int, default=int(_env("health-port", str(d.health_port))),
         help="port of the /healthz liveness endpoint (0: off)")
     add("--max-concurrent-issuance", type=int,
-        default=int(_env("max-concurrent-issuance", str(d.max_concurrent_issuance))))
+        default=int(_env("max-concurrent-issuance", str(d.max_concurrent_issuance))),
+        help="certificates signed at once (a cap on CPU bursts)")
+    add("--api-workers", type=int, default=int(_env("api-workers", str(d.api_workers))),
+        help="API requests in flight at once")
 
 
 def from_args(args: argparse.Namespace) -> Settings:
@@ -91,6 +94,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         max_concurrent_issuance=max(1, args.max_concurrent_issuance),
+        api_workers=max(1, args.api_workers),
     )
     settings.check()
     return settings

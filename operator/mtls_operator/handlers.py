@@ -62,6 +62,20 @@ def build_registry() -> kopf.OperatorRegistry:
     return registry
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """Event handlers never read kopf's old/new/diff of an object; without this, kopf deep-copies every object on
+    every watch event to compute them (a tenth of the operator's CPU at a thousand identities)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> None:  # type: ignore[override]
+        return None
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        pass
+
+
 def configure(settings: kopf.OperatorSettings) -> None:
     # Our own Events only: kopf would otherwise post one per handler run.
     settings.posting.enabled = False
@@ -69,5 +83,6 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.label_selectors["v1", "secrets"] = tlssecret.MANAGED_SELECTOR
     # Serve the resources that exist at start; no list/watch of CRDs and namespaces is needed (least privilege).
     settings.scanning.disabled = True
+    settings.persistence.diffbase_storage = _NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

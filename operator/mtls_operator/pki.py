@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -72,6 +73,7 @@ def _public_bytes(key: PrivateKey | PublicKey) -> bytes:
     return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+@functools.lru_cache(maxsize=16384)  # reconciles re-check the same parsed objects; see reconciler._view
 def key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:
     return _public_bytes(key) == _public_bytes(cert.public_key())
 
@@ -116,6 +118,7 @@ def can_sign_certificates(cert: x509.Certificate) -> bool:
         return True  # no KeyUsage: RFC 5280 puts no limit on the key
 
 
+@functools.lru_cache(maxsize=16384)
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True when `issuer` signed `cert` (names chain and the signature verifies)."""
     try:
@@ -125,12 +128,13 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def spiffe_ids(cert: x509.Certificate) -> list[str]:
+@functools.lru_cache(maxsize=16384)
+def spiffe_ids(cert: x509.Certificate) -> tuple[str, ...]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return []
-    return [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
+        return ()
+    return tuple(u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://"))
 
 
 # ---- certificates: making ----

@@ -91,9 +91,9 @@ def decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.datet
         if view.annotations.get(tlssecret.ANN_ISSUER) != ca.fingerprint:
             return _issue(Reason.CA_CHANGED, "the certificate was issued by a previous CA", view, spec, True)
         return _issue(Reason.TAMPERED, "tls.crt was not issued by the operator's CA", view, spec, False)
-    if pki.spiffe_ids(cert) != [spec.spiffe_id]:
+    if pki.spiffe_ids(cert) != (spec.spiffe_id,):
         return _issue(Reason.TAMPERED, "tls.crt names another identity", view, spec, False)
-    if view.annotations.get(tlssecret.ANN_SPEC_HASH) != spec.shape_hash() or pki.key_label(view.key) != spec.key.label:
+    if view.annotations.get(tlssecret.ANN_SPEC_HASH) != spec.shape_hash or pki.key_label(view.key) != spec.key.label:
         return _issue(Reason.SPEC_CHANGED, "the spec asks for a different certificate", view, spec, True)
     if renew_request and view.annotations.get(tlssecret.ANN_RENEW_HANDLED) != renew_request:
         return _issue(Reason.REQUESTED, f"renewal requested ({tlssecret.ANN_RENEW_REQUEST}={renew_request})",

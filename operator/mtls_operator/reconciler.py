@@ -53,7 +53,10 @@ class NewestCache:
     def put(self, key: Hashable, body: Mapping[str, Any]) -> None:
         current = self._items.get(key)
         if current is None or _rv(body) >= _rv(current) or not _rv(body):
-            self._items[key] = dict(body)
+            item = dict(body)
+            # managedFields is often the largest part of an object and nothing here reads it.
+            item["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+            self._items[key] = item
 
     def drop(self, key: Hashable) -> None:
         self._items.pop(key, None)
@@ -84,6 +87,8 @@ class Reconciler:
         self._tasks: set[asyncio.Task] = set()
         self._failures: dict[Key, int] = {}
         self._conflicted: set[Key] = set()
+        self._views: dict[Key, tuple[tuple[str, str], tlssecret.SecretView]] = {}
+        self._specs: dict[Key, tuple[tuple[str, int], IdentitySpec | InvalidSpec]] = {}
         self._issuance = asyncio.Semaphore(settings.max_concurrent_issuance)
         self._ca_watch_stop = threading.Event()
 
@@ -96,6 +101,9 @@ class Reconciler:
             self.scheduler.cancel(key)
             self._failures.pop(key, None)
             self._conflicted.discard(key)
+            parsed = self._specs.pop(key, (None, None))[1]
+            if isinstance(parsed, IdentitySpec):
+                self._views.pop((parsed.namespace, parsed.secret_name), None)
             metrics.forget(*key)
             return
         self.identities.put(key, body)
@@ -172,7 +180,7 @@ class Reconciler:
             if message != self.ca_error or startup:
                 log.error(message)
                 if body is not None:
-                    await self.kube.post_event(body, "Secret", "Warning", "CAInvalid", message)
+                    self._event(body, "Secret", "Warning", "CAInvalid", message)
             self.ca, self.ca_error = None, message
             metrics.ca_ready.set(0)
             self.trigger_all()
@@ -223,18 +231,17 @@ class Reconciler:
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             return
-        try:
-            spec = parse(key[0], key[1], body.get("spec"), self.settings)
-        except InvalidSpec as e:
+        spec = self._spec(key, body)
+        if isinstance(spec, InvalidSpec):
             self.scheduler.cancel(key)
-            await self._report_failure(body, status.Ready.INVALID_SPEC, str(e))
+            await self._report_failure(body, status.Ready.INVALID_SPEC, str(spec))
             return
         for _attempt in range(3):
             skey = (spec.namespace, spec.secret_name)
             secret = self.secrets.get(skey)
             if secret is None and key in self._conflicted:
                 secret = await self.kube.get_secret(*skey)
-            view = tlssecret.read(secret, meta["uid"])
+            view = self._view(skey, secret, meta["uid"])
             try:
                 await self._act(key, body, spec, view)
                 return
@@ -314,9 +321,8 @@ class Reconciler:
         metrics.issuance.labels(decision.reason.value).inc()
         log.info("%s %s/%s: serial %s, valid until %s (%s)", reason.lower(), spec.namespace, spec.name,
                  pki.serial_hex(cert), cert.not_valid_after_utc.isoformat(), decision.reason.value)
-        await self.kube.post_event(body, KIND, "Normal", reason,
-                                   f"{reason} certificate {pki.serial_hex(cert)} for {spec.spiffe_id} into Secret "
-                                   f"{spec.secret_name} ({decision.reason.value}: {decision.message})")
+        self._event(body, KIND, "Normal", reason, f"{reason} certificate {pki.serial_hex(cert)} for {spec.spiffe_id} "
+                    f"into Secret {spec.secret_name} ({decision.reason.value}: {decision.message})")
         renewal = plan.renewal_time(cert.not_valid_after_utc, spec, cert.serial_number)
         if cert.not_valid_after_utc >= ca.not_after - dt.timedelta(seconds=1) and renewal <= self.clock():
             renewal = None  # cut short by the CA: the CA's replacement triggers the next issuance
@@ -345,8 +351,42 @@ class Reconciler:
         desired = status.failed(previous, reason, message, body["metadata"].get("generation", 0), self.clock())
         if await self._set_status(key, body, desired):
             metrics.failures.labels(reason).inc()
-            await self.kube.post_event(body, KIND, "Warning", reason, message)
+            self._event(body, KIND, "Warning", reason, message)
         metrics.identity_ready.labels(*key).set(0)
+
+    def _event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
+        """Posts an Event in the background: it must neither delay the status a user waits for, nor fail a reconcile."""
+        task = asyncio.get_running_loop().create_task(
+            self.kube.post_event(involved, kind, event_type, reason, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spec(self, key: Key, body: Mapping[str, Any]) -> IdentitySpec | InvalidSpec:
+        """Parses a spec once per generation (the API server bumps it on every spec change)."""
+        meta = body["metadata"]
+        version = (meta.get("uid", ""), meta.get("generation", 0))
+        cached = self._specs.get(key)
+        if cached and cached[0] == version:
+            return cached[1]
+        try:
+            parsed: IdentitySpec | InvalidSpec = parse(key[0], key[1], body.get("spec"), self.settings)
+        except InvalidSpec as e:
+            parsed = e
+        self._specs[key] = (version, parsed)
+        return parsed
+
+    def _view(self, skey: Key, secret: Mapping[str, Any] | None, uid: str) -> tlssecret.SecretView:
+        """Parses a Secret once per resourceVersion: most reconciles find it unchanged since the last look."""
+        if secret is None:
+            self._views.pop(skey, None)
+            return tlssecret.ABSENT
+        version = (secret["metadata"].get("resourceVersion", ""), uid)
+        cached = self._views.get(skey)
+        if cached and cached[0] == version:
+            return cached[1]
+        view = tlssecret.read(secret, uid)
+        self._views[skey] = (version, view)
+        return view
 
     async def _set_status(self, key: Key, body: dict[str, Any], desired: dict[str, Any]) -> bool:
         """Patches only what differs; returns whether anything was written."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import json
@@ -66,6 +67,7 @@ class IdentitySpec:
     secret_labels: Mapping[str, str]
     secret_annotations: Mapping[str, str]
 
+    @functools.cached_property
     def shape_hash(self) -> str:
         """A digest of everything that shapes the certificate: a change here means the current one is wrong.
 

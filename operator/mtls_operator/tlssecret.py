@@ -142,7 +142,7 @@ def record(spec: IdentitySpec, cert: x509.Certificate, issuer_fingerprint: str, 
         ANN_SERIAL: pki.serial_hex(cert),
         ANN_NOT_AFTER: cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         ANN_REVISION: str(revision),
-        ANN_SPEC_HASH: spec.shape_hash(),
+        ANN_SPEC_HASH: spec.shape_hash,
         ANN_ISSUER: issuer_fingerprint,
         ANN_SPIFFE_ID: spec.spiffe_id,
     }

@@ -98,7 +98,7 @@ def _healed(api: Api, ns: str, name: str, serial: str):
         obj = api.ready(ns, name)
         return (pki.serial_hex(cert) != serial and pki.key_matches(cert, key) and obj
                 and obj["status"]["serialNumber"] == pki.serial_hex(cert)
-                and pki.spiffe_ids(cert) == [f"spiffe://cluster.local/ns/{ns}/sa/{name}"] and obj)
+                and pki.spiffe_ids(cert) == (f"spiffe://cluster.local/ns/{ns}/sa/{name}",) and obj)
     return wait_for(f"{name} healed", probe)
 
 

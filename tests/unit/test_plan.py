@@ -58,7 +58,7 @@ def test_tampered_content_is_reissued_with_a_new_key(identity, root, tamper, det
 def test_certificate_from_a_foreign_ca_is_tampered(identity, root) -> None:
     other = ca_mod.load(ca_mod.new_root(Settings(), NOW - dt.timedelta(days=1)), NOW)
     view = issue_view(identity, other, annotations={tlssecret.ANN_ISSUER: root.fingerprint,
-                                                    tlssecret.ANN_SPEC_HASH: identity.shape_hash()})
+                                                    tlssecret.ANN_SPEC_HASH: identity.shape_hash})
     d = plan.decide(identity, view, root, NOW)
     assert (d.action, d.reason) == (Action.ISSUE, Reason.TAMPERED)
 

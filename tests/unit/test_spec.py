@@ -86,11 +86,11 @@ def test_invalid_specs_are_rejected_with_the_field_named(settings, raw, fragment
 
 
 def test_shape_hash_ignores_what_does_not_shape_the_certificate(settings) -> None:
-    base = spec.parse("ns", "x", {}, settings).shape_hash()
-    assert spec.parse("ns", "x", {"renewBefore": "1h"}, settings).shape_hash() == base
-    assert spec.parse("ns", "x", {"secretTemplate": {"labels": {"a": "b"}}}, settings).shape_hash() == base
-    assert spec.parse("ns", "x", {"duration": "25h"}, settings).shape_hash() != base
-    assert spec.parse("ns", "x", {"dnsNames": ["x.ns"]}, settings).shape_hash() != base
+    base = spec.parse("ns", "x", {}, settings).shape_hash
+    assert spec.parse("ns", "x", {"renewBefore": "1h"}, settings).shape_hash == base
+    assert spec.parse("ns", "x", {"secretTemplate": {"labels": {"a": "b"}}}, settings).shape_hash == base
+    assert spec.parse("ns", "x", {"duration": "25h"}, settings).shape_hash != base
+    assert spec.parse("ns", "x", {"dnsNames": ["x.ns"]}, settings).shape_hash != base
 
 
 @pytest.mark.parametrize("text, seconds", [("24h", 86400), ("1h30m", 5400), ("90s", 90), ("1.5h", 5400),

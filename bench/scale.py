@@ -1,0 +1,236 @@
+"""Scale benchmark (numbers, not pass/fail): how the operator copes with N identities on this machine.
+
+For each N (default 100 and 1000), on a fresh local control plane:
+  - time from the first create until all N identities are Ready, and per-identity time-to-Ready p50/p99
+    (create acknowledged -> Ready seen on a watch);
+  - API writes per issuance, counted exactly from the API server's audit log (the bench's own creates excluded);
+  - the operator's peak RSS and CPU seconds (from /proc);
+  - renewal lateness: R short-lived identities renew while the N sit idle; how late each renewal's Ready arrives after
+    its renewalTime, and the scheduler's own firing lateness (from the operator's metrics).
+
+Usage: python bench/scale.py [--n 100 --n 1000] [--renewals 50] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "hack")]
+
+import kubernetes  # noqa: E402
+
+import cluster  # noqa: E402
+from tests.kit import GROUP, OPERATOR_NAMESPACE, PLURAL, VERSION, Api, Kubectl, OperatorProcess  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class ReadyWatch:
+    """Records, from a watch stream, when each identity was first seen Ready and with which serial."""
+
+    def __init__(self, api: Api, namespace: str) -> None:
+        self.api, self.namespace = api, namespace
+        self.ready_at: dict[str, float] = {}
+        self.serials: dict[str, list[tuple[float, str, str]]] = {}  # name -> [(seen, serial, renewalTime)]
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        watch = kubernetes.watch.Watch()
+        version = ""
+        while not self._stop:
+            try:
+                for event in watch.stream(self.api.custom.list_namespaced_custom_object, GROUP, VERSION,
+                                          self.namespace, PLURAL, resource_version=version, timeout_seconds=60):
+                    obj = event["object"]
+                    version = obj["metadata"]["resourceVersion"]
+                    status = obj.get("status") or {}
+                    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                                for c in status.get("conditions") or [])
+                    if not ready:
+                        continue
+                    now = time.monotonic()
+                    name = obj["metadata"]["name"]
+                    self.ready_at.setdefault(name, now)
+                    seen = self.serials.setdefault(name, [])
+                    if not seen or seen[-1][1] != status.get("serialNumber"):
+                        seen.append((time.time(), status.get("serialNumber"), status.get("renewalTime")))
+                    if self._stop:
+                        return
+            except Exception:  # a dropped watch is re-opened
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def proc_usage(pid: int) -> tuple[float, float]:
+    """(peak RSS in MiB, CPU seconds) of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    hwm = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return hwm, cpu
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def scrape(operator: OperatorProcess, name: str) -> dict[str, float]:
+    text = operator.metrics()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(rf"^{name}_(sum|count) ([0-9.e+-]+)$", text, re.M)}
+
+
+def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...] = ()) -> dict:
+    result: dict = {"n": n, "operator_args": " ".join(operator_args)}
+    with cluster.LocalCluster(kubeconfig=workdir / f"kubeconfig-{n}") as local:
+        kubectl = Kubectl(cluster.bin_dir() / "kubectl", local.kubeconfig)
+        api = Api(local.kubeconfig)
+        kubectl("apply", "-f", str(REPO / "crds"))
+        kubectl("wait", "--for=condition=Established", "crd/mtlsidentities.mtls-operator.io")
+        api.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+        api.core.create_namespace({"metadata": {"name": "bench"}})
+        api.core.create_namespace({"metadata": {"name": "renew"}})
+        log_dir = workdir / f"logs-{n}"
+        log_dir.mkdir()
+        operator = OperatorProcess(local.kubeconfig, log_dir, ("--min-duration", "10s", *operator_args))
+        operator.start()
+        try:
+            watch = ReadyWatch(api, "bench")
+            created_at: dict[str, float] = {}
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity", "spec": {}}
+
+            def create(i: int) -> None:
+                name = f"id{i:05d}"
+                api.custom.create_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL,
+                                                           {**body, "metadata": {"name": name}})
+                created_at[name] = time.monotonic()
+
+            start = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                list(pool.map(create, range(n)))
+            result["create_seconds"] = round(time.monotonic() - start, 2)
+            deadline = time.monotonic() + max(120, n / 5)
+            while len(watch.ready_at) < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ready = len(watch.ready_at)
+            result["ready"] = ready
+            result["all_ready_seconds"] = round(max(watch.ready_at.values()) - start, 2) if ready == n else None
+            latencies = [watch.ready_at[k] - created_at[k] for k in watch.ready_at if k in created_at]
+            result["time_to_ready_p50_ms"] = round(percentile(latencies, 50) * 1000)
+            result["time_to_ready_p99_ms"] = round(percentile(latencies, 99) * 1000)
+            watch.stop()
+
+            # Writes per issuance: wait for the count to settle (the last watch events cause no writes).
+            def bench_writes() -> list[dict]:
+                return [e for e in local.writes() if e.get("objectRef", {}).get("namespace") == "bench"
+                        and e["user"]["username"] != "system:kube-controller-manager"
+                        and not (e["objectRef"].get("resource") == "mtlsidentities" and e["verb"] == "create")]
+            settled = -1
+            while settled != len(bench_writes()):
+                settled = len(bench_writes())
+                time.sleep(1)
+            kinds: dict[str, int] = {}
+            for e in bench_writes():
+                key = f"{e['verb']} {e['objectRef']['resource']}" + (
+                    f"/{e['objectRef']['subresource']}" if e["objectRef"].get("subresource") else "")
+                kinds[key] = kinds.get(key, 0) + 1
+            result["writes_per_issuance"] = round(settled / n, 2)
+            result["writes_by_kind"] = kinds
+            rss, cpu = proc_usage(operator.proc.pid)
+            result["operator_peak_rss_mib"] = round(rss, 1)
+            result["operator_cpu_seconds_to_all_ready"] = round(cpu, 1)
+
+            # Renewals while the N identities sit idle.
+            if renewals:
+                before = scrape(operator, "mtls_operator_renewal_lateness_seconds")
+                rwatch = ReadyWatch(api, "renew")
+                for i in range(renewals):
+                    api.custom.create_namespaced_custom_object(GROUP, VERSION, "renew", PLURAL, {
+                        **body, "metadata": {"name": f"r{i:03d}"}, "spec": {"duration": "20s", "renewBefore": "10s"}})
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and sum(len(v) >= 2 for v in rwatch.serials.values()) < renewals:
+                    time.sleep(0.1)
+                rwatch.stop()
+                late = []
+                for seen in rwatch.serials.values():
+                    if len(seen) >= 2 and seen[0][2]:
+                        due = dt.datetime.strptime(seen[0][2], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+                        late.append(seen[1][0] - due.timestamp())
+                after = scrape(operator, "mtls_operator_renewal_lateness_seconds")
+                fired = after.get("count", 0) - before.get("count", 0)
+                result["renewals_observed"] = len(late)
+                if late:
+                    # renewalTime in status has 1 s resolution (truncated), so these read up to 1 s high.
+                    result["renewal_ready_after_renewal_time_p50_s"] = round(statistics.median(late), 2)
+                    result["renewal_ready_after_renewal_time_max_s"] = round(max(late), 2)
+                if fired:
+                    result["scheduler_fire_lateness_mean_ms"] = round(
+                        (after["sum"] - before.get("sum", 0)) / fired * 1000, 1)
+            rss, cpu = proc_usage(operator.proc.pid)
+            result["operator_peak_rss_mib_end"] = round(rss, 1)
+            result["operator_cpu_seconds_end"] = round(cpu, 1)
+
+            # Backlog: N identities already exist when the operator starts (the operator's own throughput, without the
+            # client's create rate), and a restart must reissue none of the N it already served.
+            operator.stop()
+            api.core.create_namespace({"metadata": {"name": "backlog"}})
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda i: api.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, "backlog", PLURAL, {**body, "metadata": {"name": f"b{i:05d}"}}), range(n)))
+            served_writes = len(bench_writes())
+            bwatch = ReadyWatch(api, "backlog")
+            start = time.monotonic()
+            operator.start()
+            deadline = time.monotonic() + max(120, n / 5)
+            while len(bwatch.ready_at) < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            bwatch.stop()
+            result["backlog_ready"] = len(bwatch.ready_at)
+            if len(bwatch.ready_at) == n:
+                last = max(bwatch.ready_at.values())
+                result["backlog_all_ready_seconds_from_operator_start"] = round(last - start, 2)
+            result["restart_writes_for_served_identities"] = len(bench_writes()) - served_writes
+            rss, cpu = proc_usage(operator.proc.pid)
+            result["backlog_operator_peak_rss_mib"] = round(rss, 1)
+            result["backlog_operator_cpu_seconds"] = round(cpu, 1)
+        finally:
+            operator.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, action="append")
+    parser.add_argument("--renewals", type=int, default=50)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--operator-arg", action="append", default=[], help="passed to mtls-operator run")
+    args = parser.parse_args()
+    cluster.ensure_binaries()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mtls-bench-") as tmp:
+        for n in args.n or [100, 1000]:
+            res = run_one(n, args.renewals, Path(tmp), tuple(args.operator_arg))
+            print(json.dumps(res, indent=2), flush=True)
+            results.append(res)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
