@@ -38,7 +38,7 @@ from cryptography.x509.oid import NameOID
 
 REPO = Path(__file__).resolve().parent.parent
 HACK = REPO / "hack"
-STATE_DIR = REPO / ".cache" / "cluster"
+STATE_DIR = Path(os.environ.get("MTLS_CLUSTER_STATE", REPO / ".cache" / "cluster"))
 STATE_FILE = STATE_DIR / "state.json"
 DEFAULT_KUBECONFIG = STATE_DIR / "kubeconfig"
 SERVICE_CIDR = "10.96.0.0/24"

@@ -34,7 +34,7 @@ class Settings:
     # How many certificates may be signed at once; a cap on CPU bursts when many identities fall due together.
     max_concurrent_issuance: int = 8
     # The API client's connection pool and worker threads: one request in flight per thread.
-    api_workers: int = 16
+    api_workers: int = 32
 
     def check(self) -> None:
         if self.min_duration > self.max_duration:
