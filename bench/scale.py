@@ -106,6 +106,7 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
         api.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
         api.core.create_namespace({"metadata": {"name": "bench"}})
         api.core.create_namespace({"metadata": {"name": "renew"}})
+        api.core.create_namespace({"metadata": {"name": "backlog"}})
         log_dir = workdir / f"logs-{n}"
         log_dir.mkdir()
         operator = OperatorProcess(local.kubeconfig, log_dir, ("--min-duration", "10s", *operator_args))
@@ -113,7 +114,11 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
         try:
             watch = ReadyWatch(api, "bench")
             created_at: dict[str, float] = {}
-            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity", "spec": {}}
+            # One ServiceAccount for all (identities must name an existing one); the SPIFFE IDs coincide.
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity",
+                    "spec": {"serviceAccountName": "bench"}}
+            for namespace in ("bench", "renew", "backlog"):
+                api.service_account(namespace, "bench")
 
             def create(i: int) -> None:
                 name = f"id{i:05d}"
@@ -140,7 +145,8 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
             def bench_writes() -> list[dict]:
                 return [e for e in local.writes() if e.get("objectRef", {}).get("namespace") == "bench"
                         and e["user"]["username"] != "system:kube-controller-manager"
-                        and not (e["objectRef"].get("resource") == "mtlsidentities" and e["verb"] == "create")]
+                        and not (e["objectRef"].get("resource") in ("mtlsidentities", "serviceaccounts")
+                                 and e["verb"] == "create")]
             settled = -1
             while settled != len(bench_writes()):
                 settled = len(bench_writes())
@@ -162,7 +168,8 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
                 rwatch = ReadyWatch(api, "renew")
                 for i in range(renewals):
                     api.custom.create_namespaced_custom_object(GROUP, VERSION, "renew", PLURAL, {
-                        **body, "metadata": {"name": f"r{i:03d}"}, "spec": {"duration": "20s", "renewBefore": "10s"}})
+                        **body, "metadata": {"name": f"r{i:03d}"},
+                        "spec": {**body["spec"], "duration": "20s", "renewBefore": "10s"}})
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline and sum(len(v) >= 2 for v in rwatch.serials.values()) < renewals:
                     time.sleep(0.1)
@@ -189,7 +196,6 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
             # Backlog: N identities already exist when the operator starts (the operator's own throughput, without the
             # client's create rate), and a restart must reissue none of the N it already served.
             operator.stop()
-            api.core.create_namespace({"metadata": {"name": "backlog"}})
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 list(pool.map(lambda i: api.custom.create_namespaced_custom_object(
                     GROUP, VERSION, "backlog", PLURAL, {**body, "metadata": {"name": f"b{i:05d}"}}), range(n)))

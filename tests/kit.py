@@ -76,8 +76,27 @@ class Api:
         self.core.create_namespace({"metadata": {"name": name}})
         return name
 
+    def grant(self, namespace: str, dns_names: list[str] | None = None, ip_addresses: list[str] | None = None) -> str:
+        """A cluster MtlsIdentityPolicy letting one namespace use extra names (what a cluster admin would write)."""
+        name = unique(f"grant-{namespace}")
+        self.custom.create_cluster_custom_object(GROUP, VERSION, "mtlsidentitypolicies", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentityPolicy", "metadata": {"name": name},
+            "spec": {"namespaces": [namespace], "dnsNames": dns_names or [], "ipAddresses": ip_addresses or []}})
+        return name
+
+    def service_account(self, namespace: str, name: str) -> None:
+        try:
+            self.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+        except kubernetes.client.exceptions.ApiException as e:
+            if e.status != 409:
+                raise
+
     def create_identity(self, namespace: str, name: str, spec: dict[str, Any] | None = None,
-                        annotations: dict[str, str] | None = None) -> dict[str, Any]:
+                        annotations: dict[str, str] | None = None, with_service_account: bool = True
+                        ) -> dict[str, Any]:
+        """Creates an MtlsIdentity, and first the ServiceAccount it names (as a real workload would have)."""
+        if with_service_account:
+            self.service_account(namespace, (spec or {}).get("serviceAccountName") or name)
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity",
                 "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
                 "spec": spec or {}}

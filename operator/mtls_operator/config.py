@@ -35,6 +35,8 @@ class Settings:
     max_concurrent_issuance: int = 8
     # The API client's connection pool and worker threads: one request in flight per thread.
     api_workers: int = 32
+    # Issue only for ServiceAccounts that exist: a SPIFFE ID that names no workload is most likely a typo.
+    require_service_account: bool = True
 
     def check(self) -> None:
         if self.min_duration > self.max_duration:
@@ -73,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-concurrent-issuance", type=int,
         default=int(_env("max-concurrent-issuance", str(d.max_concurrent_issuance))),
         help="certificates signed at once (a cap on CPU bursts)")
+    add("--require-service-account", action=argparse.BooleanOptionalAction,
+        default=_env("require-service-account", "true").lower() in ("1", "true", "yes"),
+        help="issue only when the identity's ServiceAccount exists (default on)")
     add("--api-workers", type=int, default=int(_env("api-workers", str(d.api_workers))),
         help="API requests in flight at once")
 
@@ -95,6 +100,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         health_port=args.health_port,
         max_concurrent_issuance=max(1, args.max_concurrent_issuance),
         api_workers=max(1, args.api_workers),
+        require_service_account=args.require_service_account,
     )
     settings.check()
     return settings

@@ -14,7 +14,8 @@ from typing import Any
 import kopf
 
 from . import metrics, tlssecret
-from .kube import Kube
+from .kube import Kube, NotFound
+from .policy import POLICY_PLURAL
 from .reconciler import Reconciler
 from .spec import GROUP, PLURAL, VERSION
 
@@ -34,8 +35,17 @@ def build_registry() -> kopf.OperatorRegistry:
         memo.kube, memo.reconciler = kube, reconciler
         # Pre-fill the Secret cache before any identity event is handled, so a restarted operator finds what it issued
         # instead of trying to create it again.
-        for body in await kube.list_managed_secrets(tlssecret.MANAGED_SELECTOR, memo.settings.namespaces):
+        # The same for the inputs of the admission checks, so nothing is denied for want of a look.
+        namespaces = memo.settings.namespaces
+        for body in await kube.list_all("/api/v1", "secrets", namespaces, tlssecret.MANAGED_SELECTOR):
             reconciler.secrets.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
+        for body in await kube.list_all("/api/v1", "serviceaccounts", namespaces):
+            reconciler.service_account_event("ADDED", body)
+        try:
+            for body in await kube.list_all(f"/apis/{GROUP}/{VERSION}", POLICY_PLURAL):
+                reconciler.policy_event("ADDED", body)
+        except NotFound:
+            log.warning("the MtlsIdentityPolicy CRD is not installed: only the default policy applies")
         await reconciler.bootstrap_ca()
         reconciler.start_ca_watch(asyncio.get_running_loop())
         memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")
@@ -58,6 +68,14 @@ def build_registry() -> kopf.OperatorRegistry:
     @kopf.on.event("v1", "secrets", registry=registry)
     async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.secret_event(event["type"], event["object"])
+
+    @kopf.on.event("v1", "serviceaccounts", registry=registry)
+    async def service_account_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.service_account_event(event["type"], event["object"])
+
+    @kopf.on.event(GROUP, VERSION, POLICY_PLURAL, registry=registry)
+    async def policy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.policy_event(event["type"], event["object"])
 
     return registry
 

@@ -99,15 +99,19 @@ class Kube:
         except NotFound:
             return None
 
-    async def list_managed_secrets(self, selector: str, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
-        """Every Secret matching the label selector, in pages; one namespace list per watched namespace."""
+    async def list_all(self, api: str, plural: str, namespaces: tuple[str, ...] = (),
+                       label_selector: str = "") -> list[dict[str, Any]]:
+        """Every object of a resource, in pages: cluster-wide, or one list per namespace when namespaces are given.
+        `api` is "/api/v1" or "/apis/<group>/<version>"."""
+        paths = [f"{api}/namespaces/{quote(ns)}/{plural}" for ns in namespaces] or [f"{api}/{plural}"]
         out: list[dict[str, Any]] = []
-        for path in [self._secrets(ns) for ns in namespaces] or ["/api/v1/secrets"]:
+        loop = asyncio.get_running_loop()
+        for path in paths:
             token = ""
             while True:
-                query = {"labelSelector": selector, "limit": "500", **({"continue": token} if token else {})}
-                page = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, lambda q=query, p=path: self._request("GET", p, query=q))
+                query = {"limit": "500", **({"labelSelector": label_selector} if label_selector else {}),
+                         **({"continue": token} if token else {})}
+                page = await loop.run_in_executor(self._pool, lambda q=query, p=path: self._request("GET", p, query=q))
                 out.extend(page.get("items") or [])
                 token = page.get("metadata", {}).get("continue", "")
                 if not token:

@@ -20,7 +20,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from . import ca as ca_mod
-from . import metrics, pki, plan, status, tlssecret
+from . import metrics, pki, plan, policy, status, tlssecret
 from .config import Settings
 from .kube import ApiError, Conflict, Kube, NotFound
 from .scheduler import Scheduler
@@ -89,6 +89,10 @@ class Reconciler:
         self._conflicted: set[Key] = set()
         self._views: dict[Key, tuple[tuple[str, str], tlssecret.SecretView]] = {}
         self._specs: dict[Key, tuple[tuple[str, int], IdentitySpec | InvalidSpec]] = {}
+        self._unwritable: dict[Key, int] = {}  # identity -> generation whose status the API server refuses
+        self.policies: dict[str, policy.Rule] = {}
+        self.service_accounts: set[Key] = set()
+        self._by_service_account: dict[Key, set[Key]] = {}  # (ns, sa) -> identities naming it
         self._issuance = asyncio.Semaphore(settings.max_concurrent_issuance)
         self._ca_watch_stop = threading.Event()
 
@@ -101,9 +105,11 @@ class Reconciler:
             self.scheduler.cancel(key)
             self._failures.pop(key, None)
             self._conflicted.discard(key)
+            self._unwritable.pop(key, None)
             parsed = self._specs.pop(key, (None, None))[1]
             if isinstance(parsed, IdentitySpec):
                 self._views.pop((parsed.namespace, parsed.secret_name), None)
+                self._by_service_account.get((parsed.namespace, parsed.service_account), set()).discard(key)
             metrics.forget(*key)
             return
         self.identities.put(key, body)
@@ -119,6 +125,44 @@ class Reconciler:
         owner = tlssecret.controller_ref(body).get("name")
         if owner:
             self.trigger((meta["namespace"], owner))
+
+    def service_account_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        sa = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event_type == "DELETED":
+            self.service_accounts.discard(sa)
+        elif sa not in self.service_accounts:
+            self.service_accounts.add(sa)
+        else:
+            return  # an update of a known account changes nothing here
+        for key in self._by_service_account.get(sa, ()):
+            self.trigger(key)
+
+    def policy_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        old = self.policies.pop(name, None)
+        if event_type != "DELETED":
+            try:
+                self.policies[name] = policy.parse_rule(body)
+            except policy.InvalidPolicy as e:
+                # Ignored, so it grants nothing: denying is the safe side of a broken policy.
+                log.error("%s; it is ignored", e)
+                self._event(body, "MtlsIdentityPolicy", "Warning", "InvalidPolicy", f"{e}; it is ignored")
+        new = self.policies.get(name)
+        if old != new:
+            touched = (old.namespaces if old else frozenset()) | (new.namespaces if new else frozenset())
+            for key in self.identities:
+                if key[0] in touched:
+                    self.trigger(key)
+
+    def _admission(self, spec: IdentitySpec) -> tuple[str, str] | None:
+        """Zero-trust checks before anything is issued: (reason, message) when the identity may not have its names."""
+        if self.settings.require_service_account and (spec.namespace, spec.service_account) not in \
+                self.service_accounts:
+            return (status.Ready.SERVICE_ACCOUNT_NOT_FOUND,
+                    f"ServiceAccount {spec.namespace}/{spec.service_account} does not exist; the SPIFFE ID "
+                    f"{spec.spiffe_id} would name no workload")
+        denial = policy.check(spec, self.policies.values(), self.settings.cluster_domain)
+        return (status.Ready.POLICY_DENIED, denial) if denial else None
 
     def trigger_all(self) -> None:
         for key in self.identities:
@@ -236,6 +280,13 @@ class Reconciler:
             self.scheduler.cancel(key)
             await self._report_failure(body, status.Ready.INVALID_SPEC, str(spec))
             return
+        refused = self._admission(spec)
+        if refused:
+            # Nothing is issued; a certificate already in the Secret stays (it is not renewed). The admission inputs
+            # (ServiceAccounts, policies) are watched, so a fix triggers the next look.
+            self.scheduler.cancel(key)
+            await self._report_failure(body, *refused)
+            return
         for _attempt in range(3):
             skey = (spec.namespace, spec.secret_name)
             secret = self.secrets.get(skey)
@@ -348,11 +399,28 @@ class Reconciler:
     async def _report_failure(self, body: dict[str, Any], reason: str, message: str) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         previous = body.get("status") or {}
-        desired = status.failed(previous, reason, message, body["metadata"].get("generation", 0), self.clock())
-        if await self._set_status(key, body, desired):
+        generation = body["metadata"].get("generation", 0)
+        desired = status.failed(previous, reason, message, generation, self.clock())
+        metrics.identity_ready.labels(*key).set(0)
+        try:
+            changed = await self._set_status(key, body, desired)
+        except ApiError as e:
+            if e.status != 422:
+                raise
+            # The API server refuses every write to this object as it stands: it was stored before the schema
+            # tightened and its spec now fails the CRD's rules. An Event is the only way left to tell the user, once
+            # per generation; retrying is pointless until the spec changes, which brings the object back anyway.
+            if self._unwritable.get(key) != generation:
+                self._unwritable[key] = generation
+                metrics.failures.labels(reason).inc()
+                log.error("%s/%s: %s; its status cannot be written (%s)", *key, message, e.message)
+                self._event(body, KIND, "Warning", reason,
+                            f"{message} (status cannot be written: the object fails the current schema; fix its spec "
+                            f"or recreate it)")
+            return
+        if changed:
             metrics.failures.labels(reason).inc()
             self._event(body, KIND, "Warning", reason, message)
-        metrics.identity_ready.labels(*key).set(0)
 
     def _event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
         """Posts an Event in the background: it must neither delay the status a user waits for, nor fail a reconcile."""
@@ -372,6 +440,11 @@ class Reconciler:
             parsed: IdentitySpec | InvalidSpec = parse(key[0], key[1], body.get("spec"), self.settings)
         except InvalidSpec as e:
             parsed = e
+        previous = cached[1] if cached else None
+        if isinstance(previous, IdentitySpec):
+            self._by_service_account.get((previous.namespace, previous.service_account), set()).discard(key)
+        if isinstance(parsed, IdentitySpec):
+            self._by_service_account.setdefault((parsed.namespace, parsed.service_account), set()).add(key)
         self._specs[key] = (version, parsed)
         return parsed
 

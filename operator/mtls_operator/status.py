@@ -21,6 +21,8 @@ class Ready:
     SECRET_CONFLICT = "SecretConflict"
     CA_UNAVAILABLE = "CAUnavailable"
     ISSUANCE_FAILED = "IssuanceFailed"
+    POLICY_DENIED = "PolicyDenied"
+    SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
 
 
 def timestamp(value: dt.datetime) -> str:

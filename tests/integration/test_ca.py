@@ -119,3 +119,41 @@ def test_brought_in_intermediate_issues_chained_leaves(api: Api, operator: Opera
     s, c = tlskit.exchange(server_context(srv), client_context(cli), f"branch.{ns}.svc")
     assert s.ok and c.ok, (s, c)
     assert s.peer_uris == (f"spiffe://cluster.local/ns/{ns}/sa/teller",)
+
+
+def test_tampered_ca_secret_is_refused_live_and_never_overwritten(api: Api, operator: OperatorProcess,
+                                                                  ns: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    good = ca_mod.new_root(Settings(), now)
+    old_key = pki.generate_key("ECDSA", 256)
+    expired = pki.self_signed_ca(old_key, "old root", "x", now - dt.timedelta(days=10), dt.timedelta(days=1))
+    leaf_key = pki.generate_key("ECDSA", 256)
+    root = ca_mod.load(good, now)
+    not_a_ca = pki.issue_leaf(pki.LeafRequest("spiffe://x/y", (), (), False, True, dt.timedelta(days=1)),
+                              leaf_key.public_key(), root.cert, root.key, now, dt.timedelta())
+    variants = {
+        "key-swapped": ({**good, "tls.key": pki.key_to_pem(pki.generate_key("ECDSA", 256))}, "does not belong"),
+        "not-a-ca": ({"tls.crt": pki.to_pem(not_a_ca), "tls.key": pki.key_to_pem(leaf_key)}, "not a CA certificate"),
+        "expired": ({"tls.crt": pki.to_pem(expired), "tls.key": pki.key_to_pem(old_key)}, "expired"),
+        "garbage-pem": ({**good, "tls.crt": b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"},
+                        "not PEM X.509"),
+        "empty-key": ({"tls.crt": good["tls.crt"], "tls.key": b""}, "lacks tls.key"),
+    }
+    _put_ca(api, "tamper-ca", good)
+    with operator_with_ca(operator, "tamper-ca") as other:
+        api.create_identity(ns, "steady")
+        steady = api.wait_ready(ns, "steady")["status"]["serialNumber"]
+        for i, (label, (data, fragment)) in enumerate(variants.items()):
+            _put_ca(api, "tamper-ca", data)
+            version = api.secret(OPERATOR_NAMESPACE, "tamper-ca").metadata.resource_version
+            wait_for(f"the {label} CA to be refused", lambda f=fragment: any(
+                e.reason == "CAInvalid" and f in e.message for e in api.events(OPERATOR_NAMESPACE, "tamper-ca")))
+            assert "mtls_operator_ca_ready 0.0" in other.metrics()
+            api.create_identity(ns, f"new{i}")
+            obj = api.wait_reason(ns, f"new{i}", "CAUnavailable")
+            assert fragment in ready_condition(obj)["message"], label
+            assert api.secret(ns, f"new{i}-mtls") is None
+            assert api.secret(OPERATOR_NAMESPACE, "tamper-ca").metadata.resource_version == version, label
+        # The identity whose certificate is still good kept it, and its Ready.
+        obj = api.identity(ns, "steady")
+        assert ready_condition(obj)["status"] == "True" and obj["status"]["serialNumber"] == steady

@@ -40,3 +40,12 @@ def test_no_private_key_material_in_operator_output_events_or_status(api: Api, o
     statuses = api.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
     text = "\n".join(str(o.get("status")) for o in statuses)
     assert "PRIVATE KEY" not in text and not [f for f in fragments if f in text]
+
+
+def test_ca_key_lives_only_in_the_ca_secret(api: Api, operator: OperatorProcess) -> None:
+    secrets = api.core.list_secret_for_all_namespaces().items
+    ca = next(s for s in secrets if s.metadata.name == "mtls-operator-ca")
+    ca_key = base64.b64decode(ca.data["tls.key"])
+    holders = [f"{s.metadata.namespace}/{s.metadata.name}" for s in secrets
+               if any(base64.b64decode(v) == ca_key or ca.data["tls.key"] in v for v in (s.data or {}).values())]
+    assert holders == [f"{ca.metadata.namespace}/mtls-operator-ca"]

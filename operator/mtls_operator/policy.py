@@ -1,0 +1,95 @@
+"""Who may hold which names. Pure: given an identity's spec and the cluster's MtlsIdentityPolicy objects, allow or deny
+with a message that names the offending entry.
+
+The default is zero trust bound to the namespace: the SPIFFE ID is always derived from the namespace and service
+account (spec.py), and DNS names must be Service names of the identity's own namespace (`<svc>`, `<svc>.<ns>`,
+`<svc>.<ns>.svc`, `<svc>.<ns>.svc.<clusterDomain>`). Anything else — another namespace's Service name, an external name,
+any IP address — needs a cluster-scoped MtlsIdentityPolicy, which only cluster admins can write, naming the namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .spec import DNS_NAME, IdentitySpec
+
+POLICY_PLURAL = "mtlsidentitypolicies"
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class InvalidPolicy(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One MtlsIdentityPolicy: extra names the listed namespaces may put in their certificates."""
+
+    name: str
+    namespaces: frozenset[str]
+    dns_names: tuple[str, ...]  # exact names, or "*.suffix" for any name under suffix
+    ip_ranges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    def allows_dns(self, dns: str) -> bool:
+        for pattern in self.dns_names:
+            if pattern.startswith("*."):
+                if dns.endswith(pattern[1:]) and len(dns) > len(pattern) - 1:
+                    return True
+            elif dns == pattern:
+                return True
+        return False
+
+    def allows_ip(self, ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return any(address in network for network in self.ip_ranges)
+
+
+def parse_rule(body: Mapping[str, Any]) -> Rule:
+    name = body.get("metadata", {}).get("name", "?")
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        raise InvalidPolicy(f"MtlsIdentityPolicy {name}: spec must be an object")
+
+    def strings(field: str) -> list[str]:
+        value = spec.get(field) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidPolicy(f"MtlsIdentityPolicy {name}: spec.{field} must be a list of strings")
+        return value
+
+    namespaces = strings("namespaces")
+    if not namespaces:
+        raise InvalidPolicy(f"MtlsIdentityPolicy {name}: spec.namespaces must name at least one namespace")
+    for pattern in strings("dnsNames"):
+        bare = pattern[2:] if pattern.startswith("*.") else pattern
+        if not DNS_NAME.match(bare) or (pattern.startswith("*.") and "." not in bare):
+            raise InvalidPolicy(f"MtlsIdentityPolicy {name}: dnsNames entry {pattern!r} is not a DNS name or *.suffix")
+    try:
+        ranges = tuple(ipaddress.ip_network(r, strict=False) for r in strings("ipAddresses"))
+    except ValueError as e:
+        raise InvalidPolicy(f"MtlsIdentityPolicy {name}: ipAddresses: {e}") from None
+    return Rule(name=name, namespaces=frozenset(namespaces), dns_names=tuple(strings("dnsNames")), ip_ranges=ranges)
+
+
+def own_service_name(dns: str, namespace: str, cluster_domain: str) -> bool:
+    """True for `<svc>`, `<svc>.<ns>`, `<svc>.<ns>.svc` and `<svc>.<ns>.svc.<clusterDomain>`."""
+    service, _, rest = dns.partition(".")
+    if not _LABEL.match(service):
+        return False
+    return rest in ("", namespace, f"{namespace}.svc", f"{namespace}.svc.{cluster_domain}")
+
+
+def check(spec: IdentitySpec, rules: Iterable[Rule], cluster_domain: str) -> str | None:
+    """None when every name is allowed; otherwise why the first one that is not, naming it."""
+    mine = [r for r in rules if spec.namespace in r.namespaces]
+    for dns in spec.dns_names:
+        if not own_service_name(dns, spec.namespace, cluster_domain) and not any(r.allows_dns(dns) for r in mine):
+            return (f"dnsNames entry {dns!r} is not a Service name of namespace {spec.namespace} and no "
+                    f"MtlsIdentityPolicy allows it for this namespace")
+    for ip in spec.ip_addresses:
+        if not any(r.allows_ip(ip) for r in mine):
+            return f"ipAddresses entry {ip!r} is not allowed for namespace {spec.namespace} by any MtlsIdentityPolicy"
+    return None
