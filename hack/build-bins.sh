@@ -79,11 +79,19 @@ build_etcd() {
 }
 
 build_helm() {
-	local v commit
+	local v commit client minor ld pkg
 	v="$(module_version "$hack/helm" helm.sh/helm/v3)"
 	commit="$(module_info "$hack/helm" helm.sh/helm/v3 Origin.Hash)"
-	build helm "-X helm.sh/helm/v3/internal/version.version=$v -X helm.sh/helm/v3/internal/version.gitCommit=$commit \
--X helm.sh/helm/v3/internal/version.gitTreeState=clean" helm.sh/helm/v3/cmd/helm
+	ld="-X helm.sh/helm/v3/internal/version.version=$v -X helm.sh/helm/v3/internal/version.gitCommit=$commit"
+	ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+	# The Kubernetes version helm assumes offline (`helm template`, `helm lint`): client-go v0.X.Y is Kubernetes 1.X,
+	# as helm's own Makefile derives it. Without this it assumes v1.20 and rejects charts that need newer.
+	client="$(module_version "$hack/helm" k8s.io/client-go)"
+	minor="${client#v0.}"; minor="${minor%%.*}"
+	for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+		ld+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+	done
+	build helm "$ld" helm.sh/helm/v3/cmd/helm
 }
 
 tools=("$@")

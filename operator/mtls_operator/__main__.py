@@ -4,16 +4,84 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import sys
+import uuid
 
 from . import __version__, config
+
+log = logging.getLogger("mtls_operator")
+
+
+@contextlib.asynccontextmanager
+async def _standby_health(port: int):
+    """Answers /healthz while the replica waits for the lease (kopf's own endpoint takes the port once it runs)."""
+    if not port:
+        yield
+        return
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get("/healthz", lambda request: web.json_response({"standby": True}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def _operate(settings: config.Settings) -> int:
+    import kopf
+
+    from . import metrics
+    from .handlers import build_registry
+    from .kube import Kube
+    from .leader import LeaderElection
+
+    metrics.serve(settings.metrics_port)
+    kube = Kube(workers=settings.api_workers)
+    stop = asyncio.Event()
+    lost = []
+    elector = keeper = None
+    try:
+        if settings.leader_election:
+            identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            elector = LeaderElection(kube, settings.ca_namespace, settings.lease_name, identity)
+            async with _standby_health(settings.health_port):
+                await elector.acquire()
+
+            def on_lost() -> None:
+                lost.append(True)
+                metrics.leader.set(0)
+                stop.set()
+
+            keeper = asyncio.create_task(elector.keep(on_lost), name="lease-renewal")
+        metrics.leader.set(1)
+        await kopf.operator(
+            registry=build_registry(),
+            memo=kopf.Memo(settings=settings, kube=kube),
+            standalone=True,  # peering is replaced by the Lease above
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+            stop_flag=stop,
+        )
+    finally:
+        if keeper:
+            keeper.cancel()
+        if elector:
+            await elector.release()
+        kube.close()
+    return 1 if lost else 0
 
 
 def _run(args: argparse.Namespace) -> int:
     import kopf
-
-    from .handlers import build_registry
 
     try:
         settings = config.from_args(args)
@@ -22,20 +90,11 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_format == "json"
                    else kopf.LogFormat.PLAIN)
-    logging.getLogger("mtls_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         # kopf logs every handler call per object; at thousands of identities that drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    asyncio.run(kopf.operator(
-        registry=build_registry(),
-        memo=kopf.Memo(settings=settings),
-        standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        liveness_endpoint=liveness,
-    ))
-    return 0
+    return asyncio.run(_operate(settings))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,9 @@ class Settings:
     max_concurrent_issuance: int = 8
     # The API client's connection pool and worker threads: one request in flight per thread.
     api_workers: int = 32
+    # Only the holder of this Lease (in ca_namespace) acts; other replicas stand by.
+    leader_election: bool = True
+    lease_name: str = "mtls-operator"
     # Issue only for ServiceAccounts that exist: a SPIFFE ID that names no workload is most likely a typo.
     require_service_account: bool = True
 
@@ -78,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--require-service-account", action=argparse.BooleanOptionalAction,
         default=_env("require-service-account", "true").lower() in ("1", "true", "yes"),
         help="issue only when the identity's ServiceAccount exists (default on)")
+    add("--leader-election", action=argparse.BooleanOptionalAction,
+        default=_env("leader-election", "true").lower() in ("1", "true", "yes"),
+        help="act only while holding the Lease, so replicas never act at once (default on)")
+    add("--lease-name", default=_env("lease-name", d.lease_name), help="name of the Lease, in --ca-namespace")
     add("--api-workers", type=int, default=int(_env("api-workers", str(d.api_workers))),
         help="API requests in flight at once")
 
@@ -101,6 +108,8 @@ def from_args(args: argparse.Namespace) -> Settings:
         max_concurrent_issuance=max(1, args.max_concurrent_issuance),
         api_workers=max(1, args.api_workers),
         require_service_account=args.require_service_account,
+        leader_election=args.leader_election,
+        lease_name=args.lease_name,
     )
     settings.check()
     return settings

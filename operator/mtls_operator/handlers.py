@@ -13,8 +13,8 @@ from typing import Any
 
 import kopf
 
-from . import metrics, tlssecret
-from .kube import Kube, NotFound
+from . import tlssecret
+from .kube import NotFound
 from .policy import POLICY_PLURAL
 from .reconciler import Reconciler
 from .spec import GROUP, PLURAL, VERSION
@@ -30,9 +30,9 @@ def build_registry() -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure(settings)
-        kube = Kube(workers=memo.settings.api_workers)
+        kube = memo.kube
         reconciler = Reconciler(memo.settings, kube)
-        memo.kube, memo.reconciler = kube, reconciler
+        memo.reconciler = reconciler
         # Pre-fill the Secret cache before any identity event is handled, so a restarted operator finds what it issued
         # instead of trying to create it again.
         # The same for the inputs of the admission checks, so nothing is denied for want of a look.
@@ -49,7 +49,6 @@ def build_registry() -> kopf.OperatorRegistry:
         await reconciler.bootstrap_ca()
         reconciler.start_ca_watch(asyncio.get_running_loop())
         memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")
-        metrics.serve(memo.settings.metrics_port)
         log.info("mtls-operator started: %d managed Secrets, CA %s", len(reconciler.secrets),
                  "ready" if reconciler.ca else "UNAVAILABLE")
 
@@ -59,7 +58,6 @@ def build_registry() -> kopf.OperatorRegistry:
             memo.scheduler_task.cancel()
         if getattr(memo, "reconciler", None):
             memo.reconciler.stop()
-            memo.kube.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def identity_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:

@@ -132,15 +132,28 @@ class Kube:
     def _identity(namespace: str, name: str) -> str:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}"
 
-    async def get_identity(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._call("GET", self._identity(namespace, name))
-        except NotFound:
-            return None
-
     async def patch_identity_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("PATCH", self._identity(namespace, name) + "/status", {"status": patch},
                                 "application/merge-patch+json")
+
+    # ---- Leases (leader election) ----
+
+    @staticmethod
+    def _leases(namespace: str) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases"
+
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._call("GET", f"{self._leases(namespace)}/{quote(name)}")
+
+    async def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", self._leases(namespace), {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+    async def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT with the resourceVersion it was read at: of two contenders, one wins."""
+        meta = lease["metadata"]
+        return await self._call("PUT", f"{self._leases(meta['namespace'])}/{quote(meta['name'])}", lease)
 
     # ---- Events ----
 

@@ -1,0 +1,47 @@
+{{- define "mtls-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mtls-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mtls-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mtls-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "mtls-operator.labels" -}}
+{{ include "mtls-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: mtls-operator
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The rules the operator needs wherever it serves identities: one list, used by the ClusterRole or each Role. */}}
+{{- define "mtls-operator.identityRules" -}}
+# Watch MtlsIdentities (kopf's watch stream).
+- apiGroups: ["mtls-operator.io"]
+  resources: ["mtlsidentities"]
+  verbs: ["list", "watch"]
+# Report Ready, the certificate's facts and the renewal time.
+- apiGroups: ["mtls-operator.io"]
+  resources: ["mtlsidentities/status"]
+  verbs: ["patch"]
+# Write identity Secrets (create, full replace with resourceVersion), watch the managed ones, read a conflicting one.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "update"]
+# An identity's ServiceAccount must exist before it gets a certificate.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["list", "watch"]
+# Events for issuance, renewal and every failure.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end -}}
