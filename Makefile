@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := .cache/cluster/kubeconfig
 
-.PHONY: help venv bin bin-dir cluster-up cluster-down demo test test-unit test-integration lint bench clean
+.PHONY: help venv bin bin-dir cluster-up cluster-down demo test test-unit test-integration lint bench crds-sync clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ lint: venv ## ruff
 
 bench: venv bin ## the scale benchmark (numbers, not pass/fail)
 	$(PY) bench/scale.py
+
+crds-sync: ## copy crds/ into the Helm chart (one source of truth; a test fails when they drift)
+	cp crds/*.yaml charts/mtls-operator/crds/
 
 clean: cluster-down
 	rm -rf .cache $(VENV)

@@ -64,7 +64,7 @@ async def _operate(settings: config.Settings) -> int:
         metrics.leader.set(1)
         await kopf.operator(
             registry=build_registry(),
-            memo=kopf.Memo(settings=settings, kube=kube),
+            memo=kopf.Memo(settings=settings, kube=kube, lease_keeper=keeper, stop=stop),
             standalone=True,  # peering is replaced by the Lease above
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,

@@ -1,0 +1,155 @@
+"""The Helm chart, rendered offline with the built helm: lint, least-privilege RBAC, a locked-down pod, a schema that
+refuses bad values, and CRDs that never drift from crds/."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cluster
+from tests.kit import REPO
+
+CHART = REPO / "charts" / "mtls-operator"
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    binary = cluster.bin_dir() / "helm"
+    if not binary.exists():
+        pytest.skip(f"helm is not built ({binary}); run `make bin`")
+    return binary
+
+
+def render(helm: Path, *sets: str, namespace: str = "mtls-system") -> list[dict]:
+    args = [str(helm), "template", "rel", str(CHART), "-n", namespace]
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def render_error(helm: Path, *sets: str) -> str:
+    args = [str(helm), "template", "rel", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode != 0, f"accepted {sets}"
+    return out.stderr
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_helm_lint_is_clean(helm: Path) -> None:
+    out = subprocess.run([str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout
+
+
+def test_chart_crds_are_the_top_level_crds() -> None:
+    top = {p.name: p.read_text() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
+    assert chart == top, "charts/mtls-operator/crds drifted from crds/: run `make crds-sync`"
+
+
+def test_pod_is_locked_down(helm: Path) -> None:
+    deployment = by_kind(render(helm), "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {p["name"] for p in container["ports"]} == {"metrics", "health"}
+    assert "--ca-namespace=mtls-system" in container["args"]
+    assert "--leader-election" in container["args"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_without_leader_election_the_old_pod_goes_first(helm: Path) -> None:
+    deployment = by_kind(render(helm, "leaderElection.enabled=false"), "Deployment")[0]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--no-leader-election" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def _rules(docs: list[dict], kind: str) -> list[dict]:
+    return [r for d in by_kind(docs, kind) for r in d["rules"]]
+
+
+def test_rbac_is_least_privilege(helm: Path) -> None:
+    docs = render(helm)
+    all_rules = _rules(docs, "ClusterRole") + _rules(docs, "Role")
+    for rule in all_rules:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
+        assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+    granted = {(g, r, v) for rule in all_rules for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    expected = {
+        ("mtls-operator.io", "mtlsidentities", "list"), ("mtls-operator.io", "mtlsidentities", "watch"),
+        ("mtls-operator.io", "mtlsidentities/status", "patch"),
+        ("mtls-operator.io", "mtlsidentitypolicies", "list"), ("mtls-operator.io", "mtlsidentitypolicies", "watch"),
+        ("", "secrets", "get"), ("", "secrets", "list"), ("", "secrets", "watch"), ("", "secrets", "create"),
+        ("", "secrets", "update"),
+        ("", "serviceaccounts", "list"), ("", "serviceaccounts", "watch"),
+        ("", "events", "create"),
+        ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "update"),
+        ("coordination.k8s.io", "leases", "create"),
+    }
+    assert granted == expected
+    # The lease can be read and renewed by name only.
+    lease_rules = [r for r in _rules(docs, "Role") if r["resources"] == ["leases"] and "update" in r["verbs"]]
+    assert lease_rules and all(r.get("resourceNames") == ["mtls-operator"] for r in lease_rules)
+    # Bindings name only the chart's own ServiceAccount.
+    for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-mtls-operator",
+                                        "namespace": "mtls-system"}]
+
+
+def test_rbac_rules_each_carry_a_reason() -> None:
+    text = (CHART / "templates" / "rbac.yaml").read_text() + (CHART / "templates" / "_helpers.tpl").read_text()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups:"):
+            assert lines[i - 1].strip().startswith("#"), f"rule without a one-line reason: {line.strip()}"
+
+
+def test_watched_namespaces_get_roles_not_a_cluster_role(helm: Path) -> None:
+    docs = render(helm, "watchNamespaces={shop,bank}")
+    cluster_roles = by_kind(docs, "ClusterRole")
+    assert [r["metadata"]["name"] for r in cluster_roles] == ["rel-mtls-operator-policies"]
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
+    assert {("shop", "rel-mtls-operator"), ("bank", "rel-mtls-operator")} <= roles
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=shop" in args and "--namespace=bank" in args
+
+
+def test_service_monitor_is_optional(helm: Path) -> None:
+    assert not by_kind(render(helm), "ServiceMonitor")
+    monitor = by_kind(render(helm, "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")[0]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "30s"}]
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ("replicaCount=2,leaderElection.enabled=false", "leaderElection"),
+    ("replicaCount=0", "/replicaCount"),
+    ("ca.key=DSA-1024", "/ca/key"),
+    ("ca.lifetime=ten years", "/ca/lifetime"),
+    ("logFormat=xml", "/logFormat"),
+    ("trustDomain=spiffe://x", "/trustDomain"),
+    ("certificates.minDuration=1d", "/certificates/minDuration"),
+    ("watchNamespaces={Bad_NS}", "/watchNamespaces"),
+    ("metrics.port=70000", "/metrics/port"),
+    ("unknownKey=1", "unknownKey"),
+])
+def test_schema_rejects_bad_values(helm: Path, bad: str, fragment: str) -> None:
+    assert fragment in render_error(helm, bad)
