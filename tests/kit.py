@@ -221,3 +221,27 @@ class OperatorProcess:
 
     def all_logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+class InClusterOperator:
+    """The operator the chart runs inside a real cluster (kind), seen through the API server: the same questions the
+    tests ask an OperatorProcess, answered by the Deployment, its logs and its metrics Service (via the API server's
+    service proxy). Starting and stopping it is not offered; tests that need that are marked `local_operator`."""
+
+    def __init__(self, kubectl: Kubectl, namespace: str = OPERATOR_NAMESPACE, release: str = "mtls-operator") -> None:
+        self.kubectl, self.namespace, self.release = kubectl, namespace, release
+
+    def healthy(self) -> bool:
+        out = self.kubectl("get", "deployment", "-n", self.namespace, self.release, "-o",
+                           "jsonpath={.status.availableReplicas}", check=False).stdout.strip()
+        return out.isdigit() and int(out) >= 1
+
+    def metrics(self) -> str:
+        return self.kubectl("get", "--raw", f"/api/v1/namespaces/{self.namespace}/services/"
+                            f"http:{self.release}-metrics:metrics/proxy/metrics").stdout
+
+    def all_logs(self) -> str:
+        return self.kubectl("logs", "-n", self.namespace, "-l", f"app.kubernetes.io/instance={self.release}",
+                            "--tail=-1", "--prefix", check=False).stdout
+
+    log = all_logs

@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import subprocess
 
+import pytest
 from cryptography import x509
 
 from mtls_operator import ca as ca_mod
@@ -25,6 +26,7 @@ from tests.kit import (
     write_identity_dir,
 )
 
+pytestmark = pytest.mark.local_operator
 
 @contextlib.contextmanager
 def operator_with_ca(operator: OperatorProcess, ca_secret: str):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.kit import OPERATOR_NAMESPACE, Api, OperatorProcess, wait_for
 
+pytestmark = pytest.mark.local_operator
 
 def test_standby_replica_does_nothing_until_the_leader_goes(api: Api, operator: OperatorProcess, ns: str) -> None:
     standby = OperatorProcess(operator.kubeconfig, operator.log_dir)

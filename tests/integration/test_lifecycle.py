@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 
+import pytest
+
 from mtls_operator import pki
 from mtls_operator.workload import client_context, server_context
 from tests import tlskit
@@ -51,6 +53,7 @@ def test_rotation_policy_never_keeps_the_key(api: Api, operator: OperatorProcess
     assert secret_files(api.secret(ns, "keep-mtls"))["tls.key"] == key
 
 
+@pytest.mark.local_operator
 def test_restart_mid_life_reissues_nothing(api: Api, operator: OperatorProcess, ns: str) -> None:
     names = [f"stay{i}" for i in range(5)]
     for name in names:

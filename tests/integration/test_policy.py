@@ -5,6 +5,7 @@ or make it retry hot."""
 from __future__ import annotations
 
 import kubernetes
+import pytest
 import yaml
 
 from tests.kit import GROUP, REPO, VERSION, Api, Kubectl, OperatorProcess, ready_condition, wait_for
@@ -64,6 +65,7 @@ def test_missing_service_account_is_reported_then_healed(api: Api, operator: Ope
     assert obj["status"]["spiffeID"].endswith(f"/ns/{ns}/sa/not-yet")
 
 
+@pytest.mark.local_operator
 def test_objects_stored_before_the_schema_tightened(api: Api, operator: OperatorProcess, ns: str,
                                                     kubectl: Kubectl, control_plane) -> None:
     """Loosen the CRD, store garbage, tighten it again: the operator reports each object, stays up, and does not
