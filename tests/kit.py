@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import os
 import random
+import shutil
 import socket
 import string
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -245,3 +247,22 @@ class InClusterOperator:
                             "--tail=-1", "--prefix", check=False).stdout
 
     log = all_logs
+
+
+def swap_volume(folder: Path, files: dict[str, bytes]) -> None:
+    """Updates `folder` the way the kubelet updates a Secret volume: the files go into a new hidden timestamped
+    directory, then the `..data` symlink is swapped to it in one rename; tls.crt etc. are links through `..data`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fresh = folder / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{uuid.uuid4().hex[:8]}"
+    fresh.mkdir()
+    for name, data in files.items():
+        (fresh / name).write_bytes(data)
+    link = folder / f"..data_tmp.{uuid.uuid4().hex[:8]}"
+    link.symlink_to(fresh.name)
+    old = os.readlink(folder / "..data") if (folder / "..data").is_symlink() else None
+    os.replace(link, folder / "..data")
+    for name in files:
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(Path("..data") / name)
+    if old:
+        shutil.rmtree(folder / old, ignore_errors=True)

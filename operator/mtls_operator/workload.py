@@ -1,12 +1,17 @@
 """The workload side: TLS contexts built from a mounted identity folder (tls.crt, tls.key, ca.crt), for Python servers
 and clients that want mutual TLS with the identities this operator issues.
 
-Importable without kopf or the Kubernetes client: a workload image needs only the standard library.
+Importable without kopf or the Kubernetes client: a workload image needs only the standard library. The reloading
+variants follow the files as the kubelet swaps them after every renewal (and during a CA rotation, when ca.crt holds
+both roots), so a long-running process never serves an expired certificate or distrusts a renewed peer.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -43,3 +48,65 @@ def peer_spiffe_id(sock: ssl.SSLSocket) -> str | None:
         if kind == "URI" and value.startswith("spiffe://"):
             return value
     return None
+
+
+def _version(folder: Path) -> object:
+    """What changes when the kubelet updates a Secret volume: it writes a new timestamped directory and swaps the
+    `..data` symlink to it atomically. Outside a kubelet volume, the files' modification times stand in."""
+    try:
+        return os.readlink(folder / "..data")
+    except OSError:
+        return tuple((folder / name).stat().st_mtime_ns for name in ("tls.crt", "tls.key", "ca.crt")
+                     if (folder / name).exists())
+
+
+class Reloading:
+    """Follows a mounted identity folder: `context()` returns an SSLContext built from the files as they are now,
+    rebuilt only when the kubelet has swapped them (one readlink per call). If a rebuild fails (a half-written folder
+    outside a kubelet volume), the previous context stays in use and the next call tries again.
+
+    For servers, every context it builds switches each new handshake to the current one through the SNI callback
+    (which OpenSSL runs for every ClientHello, with or without a server name): hand `context()` to a server framework
+    once (asyncio, http.server, aiohttp...) and renewed certificates are still served.
+    """
+
+    def __init__(self, folder: str | Path, build: Callable[[Path], ssl.SSLContext], server: bool = False) -> None:
+        self.folder = Path(folder)
+        self._build = build
+        self._server = server
+        self._lock = threading.Lock()
+        self._seen: object = None
+        self._context: ssl.SSLContext | None = None
+        self.reloads = 0
+
+    def context(self) -> ssl.SSLContext:
+        version = _version(self.folder)
+        if version != self._seen or self._context is None:
+            with self._lock:
+                if version != self._seen or self._context is None:
+                    try:
+                        fresh = self._build(self.folder)
+                    except (OSError, ssl.SSLError):
+                        if self._context is None:
+                            raise
+                    else:
+                        if self._server:
+                            fresh.sni_callback = self._switch
+                        self._context, self._seen = fresh, version
+                        self.reloads += 1
+        return self._context
+
+    def _switch(self, sock: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        current = self.context()
+        if sock.context is not current:
+            sock.context = current
+
+
+def reloading_server(folder: str | Path, require_client_cert: bool = True) -> Reloading:
+    """A server identity that follows its mounted Secret; give `.context()` to the listening socket once."""
+    return Reloading(folder, lambda path: server_context(path, require_client_cert), server=True)
+
+
+def reloading_client(folder: str | Path, present_identity: bool = True) -> Reloading:
+    """A client identity that follows its mounted Secret; call `.context()` for each new connection."""
+    return Reloading(folder, lambda path: client_context(path, present_identity))
