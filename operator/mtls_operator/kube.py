@@ -25,6 +25,7 @@ from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 COMPONENT = "mtls-operator"
+LEASE_REQUEST_TIMEOUT = 4.0  # well inside the renew deadline, so a hung request cannot outlast the lease
 
 
 class ApiError(Exception):
@@ -57,10 +58,13 @@ class Kube:
         config.connection_pool_maxsize = workers
         self._client = kubernetes.client.ApiClient(config)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        # The Lease has a thread of its own: a renewal must never queue behind thousands of Secret writes.
+        self._lease_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease")
         self.requests: dict[str, int] = {}  # (verb) -> count, for the benchmark's requests-per-issuance figure
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._lease_pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     # ---- plumbing ----
@@ -86,6 +90,11 @@ class Kube:
     async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._request, method, path, body, content_type)
+
+    async def _lease_call(self, method: str, path: str, body: Any = None) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._lease_pool, lambda: self._request(method, path, body, timeout=LEASE_REQUEST_TIMEOUT))
 
     # ---- Secrets ----
 
@@ -143,17 +152,17 @@ class Kube:
         return f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases"
 
     async def get_lease(self, namespace: str, name: str) -> dict[str, Any]:
-        return await self._call("GET", f"{self._leases(namespace)}/{quote(name)}")
+        return await self._lease_call("GET", f"{self._leases(namespace)}/{quote(name)}")
 
     async def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", self._leases(namespace), {
+        return await self._lease_call("POST", self._leases(namespace), {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 
     async def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
         """PUT with the resourceVersion it was read at: of two contenders, one wins."""
         meta = lease["metadata"]
-        return await self._call("PUT", f"{self._leases(meta['namespace'])}/{quote(meta['name'])}", lease)
+        return await self._lease_call("PUT", f"{self._leases(meta['namespace'])}/{quote(meta['name'])}", lease)
 
     # ---- Events ----
 
@@ -174,7 +183,7 @@ class Kube:
         }
         try:
             await self._call("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body)
-        except ApiError as e:
+        except Exception as e:  # network errors too: an Event is never worth a failed reconcile
             log.warning("could not post event %s for %s/%s: %s", reason, namespace, meta.get("name"), e)
 
     # ---- one object's watch (the CA Secret, which kopf's label-filtered Secret watch does not see) ----

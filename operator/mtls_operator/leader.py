@@ -84,7 +84,7 @@ class LeaderElection:
                     self.is_leader = True
                     log.info("acquired lease %s/%s as %s", self.namespace, self.name, self.identity)
                     return
-            except ApiError as e:
+            except Exception as e:  # API or network trouble: keep standing by
                 log.warning("could not check lease %s/%s: %s", self.namespace, self.name, e)
             if not waiting_logged:
                 log.info("standing by: lease %s/%s is held by another replica", self.namespace, self.name)
@@ -92,22 +92,27 @@ class LeaderElection:
             await asyncio.sleep(self.timing.retry_period)
 
     async def keep(self, on_lost: Callable[[], None]) -> None:
-        """Renews until cancelled; calls on_lost (once) when renewing has failed for longer than the deadline."""
+        """Renews until cancelled. Calls on_lost (once) the moment another replica holds the lease, or when renewing
+        has failed for longer than the deadline — before the lease can expire for the others."""
         last = time.monotonic()
         while True:
             await asyncio.sleep(self.timing.retry_period)
+            remaining = self.timing.renew_deadline - (time.monotonic() - last)
             try:
-                if await self.try_acquire_or_renew():
+                if await asyncio.wait_for(self.try_acquire_or_renew(), max(remaining, 0.1)):
                     last = time.monotonic()
                     continue
-            except ApiError as e:
-                log.warning("could not renew lease %s/%s: %s", self.namespace, self.name, e)
-            if time.monotonic() - last > self.timing.renew_deadline:
-                self.is_leader = False
-                log.error("lost lease %s/%s: stopping, so that another replica can take over safely",
-                          self.namespace, self.name)
-                on_lost()
-                return
+                reason = "another replica holds it"
+            except Exception as e:  # API, network or timeout: retry until the deadline
+                log.warning("could not renew lease %s/%s: %s", self.namespace, self.name, e or type(e).__name__)
+                if time.monotonic() - last <= self.timing.renew_deadline:
+                    continue
+                reason = f"not renewed for {self.timing.renew_deadline:.0f}s"
+            self.is_leader = False
+            log.error("lost lease %s/%s (%s): stopping, so that another replica can take over safely",
+                      self.namespace, self.name, reason)
+            on_lost()
+            return
 
     async def release(self) -> None:
         """Hands the lease back on a clean exit, so a successor does not wait for it to expire."""

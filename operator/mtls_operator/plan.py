@@ -52,7 +52,7 @@ class Decision:
     action: Action
     reason: Reason
     message: str = ""
-    # When the current certificate falls due (None: nothing to wait for, e.g. it already ends with its CA).
+    # When to look again: the renewal time, or expiry for a certificate that ends with its CA.
     renewal_time: dt.datetime | None = None
     reuse_key: bool = False
 
@@ -89,7 +89,9 @@ def decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.datet
         return _issue(Reason.TAMPERED, "tls.key does not belong to tls.crt", view, spec, False)
     if not pki.issued_by(cert, ca.cert):
         if view.annotations.get(tlssecret.ANN_ISSUER) != ca.fingerprint:
-            return _issue(Reason.CA_CHANGED, "the certificate was issued by a previous CA", view, spec, True)
+            # The key is not kept even under rotationPolicy Never: nothing proves this pair came from us (the
+            # annotation is editable), and signing a pasted-in key would hand its owner this identity.
+            return _issue(Reason.CA_CHANGED, "the certificate was issued by a previous CA", view, spec, False)
         return _issue(Reason.TAMPERED, "tls.crt was not issued by the operator's CA", view, spec, False)
     if pki.spiffe_ids(cert) != (spec.spiffe_id,):
         return _issue(Reason.TAMPERED, "tls.crt names another identity", view, spec, False)
@@ -107,8 +109,8 @@ def decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.datet
     if now >= due and not ends_with_ca:
         return _issue(Reason.DUE, f"renewal was due at {due.isoformat()}", view, spec, True)
     # A certificate cut short by its CA's own expiry cannot be improved by reissuing from the same CA: wait for a new CA
-    # (its event re-triggers us) instead of reissuing in a loop.
-    next_look = None if ends_with_ca and now >= due else due
+    # (its event re-triggers us) instead of reissuing in a loop, and look again at expiry at the latest.
+    next_look = not_after if ends_with_ca and now >= due else due
 
     if view.ca_pem != ca.bundle_pem or view.chain_pem != ca.chain_pem():
         return Decision(Action.REFRESH, Reason.BUNDLE_CHANGED, "ca.crt or the chain is not the current one",

@@ -33,6 +33,10 @@ CONFLICT_RECHECK = dt.timedelta(seconds=60)
 MAX_BACKOFF = 300.0
 
 
+class IdentityGone(Exception):
+    """The identity was deleted while we worked on it: nothing to report, nothing to retry."""
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -44,22 +48,51 @@ def _rv(body: Mapping[str, Any]) -> int:
         return 0
 
 
+def _uid(body: Mapping[str, Any]) -> str:
+    return body.get("metadata", {}).get("uid", "")
+
+
+def _intent(body: Mapping[str, Any]) -> tuple:
+    """What a user can change about an identity that the operator must react to (not its status)."""
+    meta = body.get("metadata", {})
+    return (meta.get("uid"), meta.get("generation"), meta.get("labels"), meta.get("annotations"),
+            meta.get("deletionTimestamp"))
+
+
 class NewestCache:
-    """Objects by key, keeping the newest resourceVersion seen: a late watch event never undoes our own write."""
+    """Objects by key, keeping the newest resourceVersion seen: a late watch event never undoes our own write, and the
+    response to a write that lands after the object's deletion never brings it back (deleted uids are remembered)."""
+
+    MAX_TOMBSTONES = 10000
 
     def __init__(self) -> None:
         self._items: dict[Hashable, dict[str, Any]] = {}
+        self._deleted: dict[str, None] = {}  # uids, oldest first
 
     def put(self, key: Hashable, body: Mapping[str, Any]) -> None:
+        if _uid(body) in self._deleted:
+            return
         current = self._items.get(key)
-        if current is None or _rv(body) >= _rv(current) or not _rv(body):
+        if current is None or _uid(current) != _uid(body) or _rv(body) >= _rv(current) or not _rv(body):
             item = dict(body)
             # managedFields is often the largest part of an object and nothing here reads it.
             item["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
             self._items[key] = item
 
-    def drop(self, key: Hashable) -> None:
-        self._items.pop(key, None)
+    def drop(self, key: Hashable, body: Mapping[str, Any] | None = None) -> None:
+        """Forgets the object; given the deleted body, only if the cached one is that object (same uid): a late
+        DELETED of an old object must not remove its same-named successor."""
+        if body is None:
+            self._items.pop(key, None)
+            return
+        uid = _uid(body)
+        if uid:
+            self._deleted[uid] = None
+            if len(self._deleted) > self.MAX_TOMBSTONES:
+                del self._deleted[next(iter(self._deleted))]
+        current = self._items.get(key)
+        if current is not None and _uid(current) in ("", uid):
+            del self._items[key]
 
     def get(self, key: Hashable) -> dict[str, Any] | None:
         return self._items.get(key)
@@ -101,7 +134,9 @@ class Reconciler:
     def identity_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if event_type == "DELETED":
-            self.identities.drop(key)
+            self.identities.drop(key, body)
+            if self.identities.get(key) is not None:
+                return  # a successor of the same name is already here
             self.scheduler.cancel(key)
             self._failures.pop(key, None)
             self._conflicted.discard(key)
@@ -112,14 +147,17 @@ class Reconciler:
                 self._by_service_account.get((parsed.namespace, parsed.service_account), set()).discard(key)
             metrics.forget(*key)
             return
+        previous = self.identities.get(key)
         self.identities.put(key, body)
+        if event_type is not None and previous is not None and _intent(previous) == _intent(body):
+            return  # only the status changed (our own write, as a rule): nothing to decide
         self.trigger(key)
 
     def secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         skey = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
-            self.secrets.drop(skey)
+            self.secrets.drop(skey, body)
         else:
             self.secrets.put(skey, body)
         owner = tlssecret.controller_ref(body).get("name")
@@ -210,7 +248,10 @@ class Reconciler:
         thread.start()
 
     def stop(self) -> None:
+        """No more writes from this process (shutdown, or the lease is lost): cancel every reconcile in flight."""
         self._ca_watch_stop.set()
+        for task in list(self._tasks):
+            task.cancel()
 
     async def ca_changed(self, body: Mapping[str, Any] | None, startup: bool = False) -> None:
         s = self.settings
@@ -252,6 +293,8 @@ class Reconciler:
             try:
                 await self._reconcile(key, body)
                 self._failures.pop(key, None)
+            except IdentityGone:
+                log.debug("%s/%s was deleted while being reconciled", *key)
             except Exception as e:
                 await self._failed(key, e)
             finally:
@@ -268,6 +311,8 @@ class Reconciler:
             message = f"{type(error).__name__}: {error}"[:512]
             try:
                 await self._report_failure(body, status.Ready.ISSUANCE_FAILED, message)
+            except IdentityGone:
+                pass
             except ApiError as e:
                 log.warning("could not report the failure of %s/%s: %s", *key, e)
 
@@ -376,7 +421,9 @@ class Reconciler:
                     f"into Secret {spec.secret_name} ({decision.reason.value}: {decision.message})")
         renewal = plan.renewal_time(cert.not_valid_after_utc, spec, cert.serial_number)
         if cert.not_valid_after_utc >= ca.not_after - dt.timedelta(seconds=1) and renewal <= self.clock():
-            renewal = None  # cut short by the CA: the CA's replacement triggers the next issuance
+            # Cut short by the CA: reissuing from it cannot help; a new CA triggers the next issuance, and failing
+            # that, the look at expiry reports it.
+            renewal = cert.not_valid_after_utc
         return cert, key_obj, renewal, revision
 
     async def _write(self, spec: IdentitySpec, body: dict[str, Any], view: tlssecret.SecretView,
@@ -391,9 +438,14 @@ class Reconciler:
                           now: dt.datetime) -> None:
         """No usable CA: an identity whose certificate is still good keeps it (and its Ready); others report why."""
         cert = view.cert
-        if view.owned and cert is not None and now < plan.renewal_time(cert.not_valid_after_utc, spec,
-                                                                       cert.serial_number):
-            return
+        if view.owned and cert is not None:
+            due = plan.renewal_time(cert.not_valid_after_utc, spec, cert.serial_number)
+            if now < due:
+                # Still good: keep it (and Ready), and look again when it falls due, to report then if need be.
+                self.scheduler.schedule(key, due)
+                metrics.identity_ready.labels(*key).set(1)
+                metrics.certificate_expiry.labels(*key).set(cert.not_valid_after_utc.timestamp())
+                return
         await self._report_failure(body, status.Ready.CA_UNAVAILABLE, self.ca_error)
 
     async def _report_failure(self, body: dict[str, Any], reason: str, message: str) -> None:
@@ -466,7 +518,10 @@ class Reconciler:
         current = body.get("status") or {}
         if not status.differs(current, desired):
             return False
-        written = await self.kube.patch_identity_status(*key, status.merge_patch(current, desired))
+        try:
+            written = await self.kube.patch_identity_status(*key, status.merge_patch(current, desired))
+        except NotFound:
+            raise IdentityGone() from None
         self.identities.put(key, written)
         return True
 

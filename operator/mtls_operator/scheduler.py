@@ -12,7 +12,10 @@ import contextlib
 import datetime as dt
 import heapq
 import itertools
+import logging
 from collections.abc import Callable, Hashable
+
+log = logging.getLogger(__name__)
 
 
 class Scheduler:
@@ -63,7 +66,10 @@ class Scheduler:
     async def run(self) -> None:
         while True:
             for key in self._pop_due(self._clock()):
-                self._fire(key)
+                try:
+                    self._fire(key)
+                except Exception:  # one bad key must not end renewals for everyone
+                    log.exception("scheduled look at %s failed to start", key)
             self._wake.clear()
             timeout = None
             if self._heap:

@@ -63,10 +63,12 @@ def test_certificate_from_a_foreign_ca_is_tampered(identity, root) -> None:
     assert (d.action, d.reason) == (Action.ISSUE, Reason.TAMPERED)
 
 
-def test_new_ca_reissues_as_ca_changed(identity, root) -> None:
+def test_new_ca_reissues_as_ca_changed_with_a_new_key(root, settings) -> None:
+    keep = spec.parse("payments", "api", {"privateKey": {"rotationPolicy": "Never"}}, settings)
     old = ca_mod.load(ca_mod.new_root(Settings(), NOW - dt.timedelta(days=1)), NOW)
-    d = plan.decide(identity, issue_view(identity, old), root, NOW)
+    d = plan.decide(keep, issue_view(keep, old), root, NOW)
     assert (d.action, d.reason) == (Action.ISSUE, Reason.CA_CHANGED)
+    assert not d.reuse_key  # a pair we cannot prove is ours is never signed again
 
 
 def test_certificate_of_another_identity_is_tampered(identity, root, settings) -> None:
@@ -148,7 +150,7 @@ def test_certificate_cut_short_by_its_ca_does_not_loop(identity, settings) -> No
     assert view.cert.not_valid_after_utc == short.not_after
     d = plan.decide(identity, view, short, NOW + dt.timedelta(hours=1))
     assert d.action is Action.NONE
-    assert d.renewal_time is None
+    assert d.renewal_time == view.cert.not_valid_after_utc  # looked at again when it expires, not in a loop
 
 
 @pytest.mark.parametrize("duration, renew_before", [
