@@ -60,7 +60,6 @@ class Kube:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         # The Lease has a thread of its own: a renewal must never queue behind thousands of Secret writes.
         self._lease_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease")
-        self.requests: dict[str, int] = {}  # (verb) -> count, for the benchmark's requests-per-issuance figure
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -77,7 +76,6 @@ class Kube:
         m, url, h, b, p = self._client.param_serialize(
             method, path, query_params=list((query or {}).items()), header_params=headers, body=body,
             auth_settings=["BearerToken"])
-        self.requests[method] = self.requests.get(method, 0) + 1
         resp = self._client.call_api(m, url, h, b, p, _request_timeout=timeout)
         data = resp.read()
         payload = json.loads(data) if data else {}

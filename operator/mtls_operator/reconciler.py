@@ -159,7 +159,10 @@ class Reconciler:
         if event_type == "DELETED":
             self.secrets.drop(skey, body)
         else:
+            known = self.secrets.get(skey)
             self.secrets.put(skey, body)
+            if event_type is not None and known is not None and _uid(known) == _uid(body) and _rv(known) >= _rv(body):
+                return  # the echo of our own write (its response is already cached): nothing new
         owner = tlssecret.controller_ref(body).get("name")
         if owner:
             self.trigger((meta["namespace"], owner))

@@ -42,10 +42,6 @@ class Scheduler:
     def cancel(self, key: Hashable) -> None:
         self._due.pop(key, None)  # its heap entry goes stale and is dropped when it surfaces
 
-    def when(self, key: Hashable) -> dt.datetime | None:
-        entry = self._due.get(key)
-        return entry[0] if entry else None
-
     def __len__(self) -> int:
         return len(self._due)
 
