@@ -214,6 +214,13 @@ class OperatorProcess:
             self.proc.wait()
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no lease handed back (what a crash or an OOM kill looks like)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
     def restart(self, *more_args: str) -> OperatorProcess:
         self.stop()
         return self.start(*more_args)

@@ -41,7 +41,7 @@ async def _operate(settings: config.Settings) -> int:
     from . import metrics
     from .handlers import build_registry
     from .kube import Kube
-    from .leader import LeaderElection
+    from .leader import LeaderElection, LeaseTiming
 
     metrics.serve(settings.metrics_port)
     kube = Kube(workers=settings.api_workers)
@@ -51,7 +51,8 @@ async def _operate(settings: config.Settings) -> int:
     try:
         if settings.leader_election:
             identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-            elector = LeaderElection(kube, settings.ca_namespace, settings.lease_name, identity)
+            elector = LeaderElection(kube, settings.ca_namespace, settings.lease_name, identity,
+                                     LeaseTiming.for_duration(settings.lease_duration.total_seconds()))
             async with _standby_health(settings.health_port):
                 await elector.acquire()
 

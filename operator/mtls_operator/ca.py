@@ -108,9 +108,10 @@ def _trial_sign(cert: x509.Certificate, key: pki.PrivateKey, now: dt.datetime) -
 
 
 def new_root(settings: Settings, now: dt.datetime) -> dict[str, bytes]:
-    """Data for a fresh self-signed root Secret (tls.crt, tls.key)."""
+    """Data for a fresh self-signed root Secret: tls.crt, tls.key, and ca.crt (the trust bundle, which holds both
+    roots while one replaces the other)."""
     algorithm, _, size = settings.ca_key.partition("-")
     key = pki.generate_key(algorithm, int(size or 0))
     stamp = now.strftime("%Y-%m-%dT%H:%MZ")
     cert = pki.self_signed_ca(key, f"{ROOT_COMMON_NAME} {stamp}", settings.trust_domain, now, settings.ca_lifetime)
-    return {"tls.crt": pki.to_pem(cert), "tls.key": pki.key_to_pem(key)}
+    return {"tls.crt": pki.to_pem(cert), "tls.key": pki.key_to_pem(key), "ca.crt": pki.to_pem(cert)}

@@ -22,6 +22,15 @@ class Settings:
     ca_namespace: str = "mtls-operator"
     ca_key: str = "ECDSA-256"
     ca_lifetime: dt.timedelta = dt.timedelta(days=3650)
+    # Root rotation (roots the operator created): start this long before expiry; wait this long with both roots in
+    # every bundle before issuing from the new one (at least a kubelet sync period plus its cache); keep the old root
+    # trusted this long after the last leaf moved.
+    ca_rotate_before: dt.timedelta = dt.timedelta(days=30)
+    ca_propagation: dt.timedelta = dt.timedelta(minutes=3)
+    ca_grace: dt.timedelta = dt.timedelta(minutes=10)
+    ca_stall: dt.timedelta = dt.timedelta(hours=1)
+    # Leaves reissued per second when the issuing CA changes (a rotation, a replaced CA): no storm on the API server.
+    reissue_rate: float = 50.0
     trust_domain: str = "cluster.local"
     cluster_domain: str = "cluster.local"
     min_duration: dt.timedelta = dt.timedelta(hours=1)
@@ -38,6 +47,7 @@ class Settings:
     # Only the holder of this Lease (in ca_namespace) acts; other replicas stand by.
     leader_election: bool = True
     lease_name: str = "mtls-operator"
+    lease_duration: dt.timedelta = dt.timedelta(seconds=15)  # how long a silent leader keeps the lease
     # Issue only for ServiceAccounts that exist: a SPIFFE ID that names no workload is most likely a typo.
     require_service_account: bool = True
 
@@ -63,6 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ca-key", default=_env("ca-key", d.ca_key), choices=KEY_CHOICES, help="key type of a bootstrapped root")
     add("--ca-lifetime", default=_env("ca-lifetime", format_duration(d.ca_lifetime)),
         help="lifetime of a bootstrapped root")
+    add("--ca-rotate-before", default=_env("ca-rotate-before", format_duration(d.ca_rotate_before)),
+        help="rotate a self-made root this long before it expires")
+    add("--ca-propagation", default=_env("ca-propagation", format_duration(d.ca_propagation)),
+        help="during a root rotation, how long both roots sit in every bundle before leaves move to the new one")
+    add("--ca-grace", default=_env("ca-grace", format_duration(d.ca_grace)),
+        help="during a root rotation, how long the old root stays trusted after the last leaf moved")
+    add("--ca-stall", default=_env("ca-stall", format_duration(d.ca_stall)),
+        help="during a root rotation, how long a phase waits for lagging Secrets before it moves on anyway")
+    add("--reissue-rate", type=float, default=float(_env("reissue-rate", str(d.reissue_rate))),
+        help="leaves reissued per second when the issuing CA changes")
     add("--trust-domain", default=_env("trust-domain", d.trust_domain), help="SPIFFE trust domain")
     add("--cluster-domain", default=_env("cluster-domain", d.cluster_domain), help="DNS suffix of Services")
     add("--min-duration", default=_env("min-duration", format_duration(d.min_duration)),
@@ -85,6 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("leader-election", "true").lower() in ("1", "true", "yes"),
         help="act only while holding the Lease, so replicas never act at once (default on)")
     add("--lease-name", default=_env("lease-name", d.lease_name), help="name of the Lease, in --ca-namespace")
+    add("--lease-duration", default=_env("lease-duration", format_duration(d.lease_duration)),
+        help="how long a leader that stopped renewing keeps the lease")
     add("--api-workers", type=int, default=int(_env("api-workers", str(d.api_workers))),
         help="API requests in flight at once")
 
@@ -98,6 +120,11 @@ def from_args(args: argparse.Namespace) -> Settings:
         ca_namespace=args.ca_namespace,
         ca_key=args.ca_key,
         ca_lifetime=parse_duration(args.ca_lifetime),
+        ca_rotate_before=parse_duration(args.ca_rotate_before),
+        ca_propagation=parse_duration(args.ca_propagation),
+        ca_grace=parse_duration(args.ca_grace),
+        ca_stall=parse_duration(args.ca_stall),
+        reissue_rate=max(0.1, args.reissue_rate),
         trust_domain=args.trust_domain,
         cluster_domain=args.cluster_domain,
         min_duration=parse_duration(args.min_duration),
@@ -110,6 +137,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         require_service_account=args.require_service_account,
         leader_election=args.leader_election,
         lease_name=args.lease_name,
+        lease_duration=parse_duration(args.lease_duration),
     )
     settings.check()
     return settings

@@ -27,6 +27,11 @@ class LeaseTiming:
     renew_deadline: float = 10.0  # a leader that has not renewed for this long stops acting
     retry_period: float = 2.0  # how often to try to acquire or renew
 
+    @classmethod
+    def for_duration(cls, seconds: float) -> LeaseTiming:
+        """client-go's proportions: give up leading at two thirds of the lease, retry five times per lease."""
+        return cls(duration=seconds, renew_deadline=seconds * 2 / 3, retry_period=min(2.0, seconds / 5))
+
 
 def _micro_time(now: dt.datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

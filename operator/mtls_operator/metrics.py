@@ -24,6 +24,8 @@ renewal_lateness = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 ca_ready = Gauge("mtls_operator_ca_ready", "1 when the issuing CA is loaded and valid")
 leader = Gauge("mtls_operator_leader", "1 while this replica holds the lease and acts; 0 while it stands by")
+ca_rotation_phase = Gauge(
+    "mtls_operator_ca_rotation_phase", "root rotation: 0 stable, 1 propagating, 2 reissuing, 3 retiring")
 ca_expiry = Gauge("mtls_operator_ca_expiry_timestamp_seconds", "notAfter of the issuing CA")
 
 

@@ -20,9 +20,11 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from . import ca as ca_mod
-from . import metrics, pki, plan, policy, status, tlssecret
+from . import metrics, pki, plan, policy, rotation, status, tlssecret
 from .config import Settings
 from .kube import ApiError, Conflict, Kube, NotFound
+from .rotator import KEY as ROTATION_KEY
+from .rotator import RootRotator
 from .scheduler import Scheduler
 from .spec import GROUP, KIND, IdentitySpec, InvalidSpec, parse
 
@@ -57,6 +59,21 @@ def _intent(body: Mapping[str, Any]) -> tuple:
     meta = body.get("metadata", {})
     return (meta.get("uid"), meta.get("generation"), meta.get("labels"), meta.get("annotations"),
             meta.get("deletionTimestamp"))
+
+
+class RateLimiter:
+    """Spaces calls evenly: a root rotation reissues every leaf, but not all in the same second."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._next)
+        self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
 
 
 class NewestCache:
@@ -127,7 +144,12 @@ class Reconciler:
         self.service_accounts: set[Key] = set()
         self._by_service_account: dict[Key, set[Key]] = {}  # (ns, sa) -> identities naming it
         self._issuance = asyncio.Semaphore(settings.max_concurrent_issuance)
+        self._reissue_rate = RateLimiter(settings.reissue_rate)
         self._ca_watch_stop = threading.Event()
+        self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
+        self.rotator = RootRotator(self, rotation.Timing(
+            rotate_before=settings.ca_rotate_before, propagation=settings.ca_propagation, grace=settings.ca_grace,
+            stall=settings.ca_stall))
 
     # ---- inputs from the watches ----
 
@@ -210,11 +232,13 @@ class Reconciler:
             self.trigger(key)
 
     def trigger(self, key: Hashable) -> None:
-        """Asks for a reconcile of one identity; a no-op when one is already waiting to run."""
+        """Asks for a reconcile of one identity (or, for the rotation's key, a look at the CA's rotation); a no-op
+        when one is already waiting to run."""
         if key in self._queued:
             return
         self._queued.add(key)
-        task = asyncio.get_running_loop().create_task(self._run(key))
+        task = asyncio.get_running_loop().create_task(self._rotation_check() if key == ROTATION_KEY
+                                                      else self._run(key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -274,13 +298,22 @@ class Reconciler:
             self.trigger_all()
             return
         old = self.ca
-        self.ca, self.ca_error = new, ""
+        self.ca, self.ca_error, self.ca_secret = new, "", dict(body)
         metrics.ca_ready.set(1)
         metrics.ca_expiry.set(new.not_after.timestamp())
         if old is None or old.fingerprint != new.fingerprint or old.bundle_pem != new.bundle_pem:
             log.info("issuing CA %s (%s), valid until %s", new.cert.subject.rfc4514_string(), new.fingerprint[:16],
                      new.not_after.isoformat())
             self.trigger_all()
+        self.trigger(ROTATION_KEY)
+
+    async def _rotation_check(self) -> None:
+        self._queued.discard(ROTATION_KEY)
+        try:
+            await self.rotator.check()
+        except Exception as e:  # a failed step is retried by the rotation's timer
+            log.warning("CA rotation check failed: %s", e)
+            self.scheduler.schedule(ROTATION_KEY, self.clock() + dt.timedelta(seconds=5))
 
     # ---- one reconcile ----
 
@@ -407,6 +440,8 @@ class Reconciler:
             return pki.issue_leaf(request, key_obj.public_key(), ca.cert, ca.key, self.clock(),
                                   self.settings.backdate), key_obj
 
+        if decision.reason is plan.Reason.CA_CHANGED:
+            await self._reissue_rate.acquire()
         async with self._issuance:  # key generation (RSA-4096 takes a second) stays off the event loop
             cert, key_obj = await asyncio.to_thread(sign)
         revision = view.revision + 1 if view.owned else 1

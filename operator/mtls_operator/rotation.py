@@ -1,0 +1,113 @@
+"""Zero-downtime rotation of an operator-managed root: the phases, and the pure decision of when to move on.
+
+A root cannot simply be replaced: a peer that does not yet trust the new root rejects every certificate issued from it.
+So, like SPIRE, the operator keeps old and new side by side:
+
+  Stable ──(near expiry, or asked)──► Propagating: the next root exists; every bundle (ca.crt) holds old + new.
+  Propagating ──(a delay at least one kubelet sync, and every identity Secret carries the new bundle)──► Reissuing:
+      the next root becomes the issuer; every leaf is reissued from it (bundles still hold both).
+  Reissuing ──(every leaf issued by the new root)──► Retiring: a grace period for workloads to load the new leaves.
+  Retiring ──(grace over)──► Stable: bundles hold the new root only.
+
+The phase lives in the CA Secret itself (annotations, and next.crt/next.key while the next root waits), so an operator
+killed in any phase resumes where it was. Only roots the operator created are rotated; a brought-in CA is the
+enterprise's to rotate (replacing its Secret is picked up live).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from collections.abc import Mapping
+
+GROUP = "mtls-operator.io"
+ANN_PHASE = f"{GROUP}/rotation-phase"
+ANN_SINCE = f"{GROUP}/rotation-since"
+ANN_REQUEST = f"{GROUP}/rotate"  # set by a user on the CA Secret: any new value asks for one rotation
+ANN_HANDLED = f"{GROUP}/rotate-handled"
+MANAGED_LABEL = f"{GROUP}/ca"  # "root" on a root the operator created (and may therefore rotate)
+
+
+class Phase(enum.StrEnum):
+    STABLE = ""
+    PROPAGATING = "Propagating"
+    REISSUING = "Reissuing"
+    RETIRING = "Retiring"
+
+
+class Step(enum.Enum):
+    START = "start"  # make the next root, publish old + new
+    PROMOTE = "promote"  # issue from the next root
+    RETIRE = "retire"  # every leaf moved: start the grace period
+    FINISH = "finish"  # drop the old root from the bundles
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    phase: Phase
+    since: dt.datetime | None
+    request: str
+    handled: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    rotate_before: dt.timedelta  # start when the root has less than this left
+    propagation: dt.timedelta  # at least a kubelet sync period (about a minute) plus its cache TTL
+    grace: dt.timedelta  # after the last leaf moved, before the old root is distrusted
+    # A phase waiting for Secrets that never catch up (their identity is denied by policy, say) moves on after this,
+    # so a rotation always completes before the old root expires; the stragglers are named in an Event.
+    stall: dt.timedelta = dt.timedelta(hours=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Counted over the identity Secrets the operator manages."""
+
+    stale_bundle: int  # Secrets whose ca.crt is not yet the current bundle
+    old_issuer: int  # Secrets whose certificate the current issuer did not sign
+
+
+def parse_state(annotations: Mapping[str, str]) -> State:
+    try:
+        phase = Phase(annotations.get(ANN_PHASE, ""))
+    except ValueError:
+        phase = Phase.STABLE
+    since = None
+    if annotations.get(ANN_SINCE):
+        try:
+            since = dt.datetime.fromisoformat(annotations[ANN_SINCE].replace("Z", "+00:00"))
+        except ValueError:
+            since = None
+    return State(phase, since, annotations.get(ANN_REQUEST, ""), annotations.get(ANN_HANDLED, ""))
+
+
+def needs_progress(state: State) -> bool:
+    """Counting progress walks every managed Secret: only the phases that wait for it pay for it."""
+    return state.phase in (Phase.PROPAGATING, Phase.REISSUING)
+
+
+def next_step(state: State, root_not_after: dt.datetime, now: dt.datetime, timing: Timing,
+              progress: Progress) -> tuple[Step | None, dt.datetime | None]:
+    """What to do now, and when at the latest to look again (None: only when something changes)."""
+    since = state.since or now
+    if state.phase is Phase.STABLE:
+        due = root_not_after - timing.rotate_before
+        if (state.request and state.request != state.handled) or now >= due:
+            return Step.START, None
+        return None, due
+    stalled = now >= since + timing.stall
+    if state.phase is Phase.PROPAGATING:
+        ready_at = since + timing.propagation
+        if now >= ready_at and (progress.stale_bundle == 0 or stalled):
+            return Step.PROMOTE, None
+        return None, max(ready_at, now + dt.timedelta(seconds=1))
+    if state.phase is Phase.REISSUING:
+        if (progress.old_issuer == 0 and progress.stale_bundle == 0) or stalled:
+            return Step.RETIRE, None
+        return None, now + dt.timedelta(seconds=1)
+    ready_at = since + timing.grace
+    if now >= ready_at:
+        return Step.FINISH, None
+    return None, ready_at

@@ -1,0 +1,117 @@
+"""Carries out the root rotation that rotation.py decides: one write of the CA Secret per step, the phase recorded in
+that same write, so a restart at any point resumes. The CA Secret's watch then brings the new bundle or issuer to every
+identity (reconciler.ca_changed): bundles are refreshed, leaves reissued, through the ordinary reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import ca as ca_mod
+from . import metrics, pki, rotation, status, tlssecret
+from .kube import Conflict
+
+if TYPE_CHECKING:
+    from .reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+KEY = ("", "ca-rotation")  # the scheduler key of the rotation's own timer
+PHASE_NUMBER = {rotation.Phase.STABLE: 0, rotation.Phase.PROPAGATING: 1, rotation.Phase.REISSUING: 2,
+                rotation.Phase.RETIRING: 3}
+
+
+class RootRotator:
+    def __init__(self, reconciler: Reconciler, timing: rotation.Timing) -> None:
+        self.r = reconciler
+        self.timing = timing
+        self._lock = asyncio.Lock()
+
+    def progress(self, authority: ca_mod.CA) -> rotation.Progress:
+        bundle = base64.b64encode(authority.bundle_pem).decode()
+        stale = old = 0
+        for key in self.r.secrets:
+            body = self.r.secrets.get(key)
+            if not body or not tlssecret.controller_ref(body):
+                continue
+            if (body.get("data") or {}).get("ca.crt") != bundle:
+                stale += 1
+            if (body.get("metadata", {}).get("annotations") or {}).get(tlssecret.ANN_ISSUER) != authority.fingerprint:
+                old += 1
+        return rotation.Progress(stale_bundle=stale, old_issuer=old)
+
+    async def check(self) -> None:
+        """Takes the next step if it is due, and sets the timer for the next look."""
+        async with self._lock:
+            body, authority = self.r.ca_secret, self.r.ca
+            if body is None or authority is None:
+                return
+            meta = body.get("metadata", {})
+            if (meta.get("labels") or {}).get(rotation.MANAGED_LABEL) != "root":
+                return  # brought in: the enterprise rotates it
+            state = rotation.parse_state(meta.get("annotations") or {})
+            metrics.ca_rotation_phase.set(PHASE_NUMBER[state.phase])
+            now = self.r.clock()
+            progress = self.progress(authority) if rotation.needs_progress(state) else rotation.Progress(0, 0)
+            step, wake = rotation.next_step(state, authority.not_after, now, self.timing, progress)
+            if wake is not None:
+                self.r.scheduler.schedule(KEY, wake)
+            if step is None:
+                return
+            try:
+                written = await self.r.kube.replace_secret(self._apply(step, body, state, now))
+            except Conflict:
+                self.r.scheduler.schedule(KEY, now + dt.timedelta(seconds=1))  # changed meanwhile: look again
+                return
+            message = {
+                rotation.Step.START: "rotation started: the next root is published next to the current one",
+                rotation.Step.PROMOTE: "rotation: issuing from the new root; leaves are being reissued",
+                rotation.Step.RETIRE: "rotation: every leaf is issued by the new root; grace period before the old "
+                                      "root is dropped",
+                rotation.Step.FINISH: "rotation finished: bundles hold the new root only",
+            }[step]
+            if step in (rotation.Step.PROMOTE, rotation.Step.RETIRE) and (progress.stale_bundle or progress.old_issuer):
+                message += (f" (moved on after {self.timing.stall}: {progress.stale_bundle} Secrets with an old bundle,"
+                            f" {progress.old_issuer} with a certificate from the old root)")
+            log.info("CA %s", message)
+            self.r._event(written, "Secret", "Normal", f"Rotation{step.value.capitalize()}", message)
+        # Load it now (the watch brings it again, harmlessly): bundles and issuer move on, the next step is looked at.
+        await self.r.ca_changed(written)
+
+    def _apply(self, step: rotation.Step, body: Mapping[str, Any], state: rotation.State,
+               now: dt.datetime) -> dict[str, Any]:
+        """The CA Secret after one step (a full replace carrying resourceVersion)."""
+        data = dict(body.get("data") or {})
+        meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+        annotations = dict(meta.get("annotations") or {})
+
+        def b64(raw: bytes) -> str:
+            return base64.b64encode(raw).decode()
+
+        def pem(field: str) -> bytes:
+            return base64.b64decode(data[field]) if data.get(field) else b""
+
+        phase = {rotation.Step.START: rotation.Phase.PROPAGATING, rotation.Step.PROMOTE: rotation.Phase.REISSUING,
+                 rotation.Step.RETIRE: rotation.Phase.RETIRING, rotation.Step.FINISH: rotation.Phase.STABLE}[step]
+        if step is rotation.Step.START:
+            fresh = ca_mod.new_root(self.r.settings, now)
+            current_bundle = pem("ca.crt") or pem("tls.crt")
+            data["next.crt"], data["next.key"] = b64(fresh["tls.crt"]), b64(fresh["tls.key"])
+            data["ca.crt"] = b64(current_bundle + fresh["tls.crt"])
+            annotations[rotation.ANN_HANDLED] = state.request
+        elif step is rotation.Step.PROMOTE:
+            data["tls.crt"], data["tls.key"] = data.pop("next.crt"), data.pop("next.key")
+        elif step is rotation.Step.FINISH:
+            data["ca.crt"] = b64(pki.to_pem(pki.load_chain(pem("tls.crt"))[-1]))
+        if phase is rotation.Phase.STABLE:
+            annotations.pop(rotation.ANN_PHASE, None)
+            annotations.pop(rotation.ANN_SINCE, None)
+        else:
+            annotations[rotation.ANN_PHASE] = phase.value
+            annotations[rotation.ANN_SINCE] = status.timestamp(now)
+        meta["annotations"] = annotations
+        return {**body, "metadata": meta, "data": data}

@@ -1,0 +1,197 @@
+"""Root rotation without downtime, against the real control plane.
+
+A server and a client keep making mutual-TLS connections, each reading its identity from a folder kept in step with
+its Secret the way the kubelet does it (a new directory, then an atomic `..data` symlink swap), while leaves rotate
+several times and the root rotates once: not one handshake may fail. And a rotation interrupted by killing the operator
+in each phase resumes and completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from mtls_operator import pki, rotation, workload
+from tests.kit import OPERATOR_NAMESPACE, Api, OperatorProcess, secret_files, swap_volume, wait_for
+
+pytestmark = pytest.mark.local_operator
+SHORT = {"duration": "24s", "renewBefore": "16s"}  # leaves renew about every 8 s
+
+
+@contextlib.contextmanager
+def rotating_operator(operator: OperatorProcess, ca_secret: str, *extra: str):
+    operator.stop()
+    other = OperatorProcess(operator.kubeconfig, operator.log_dir, (
+        "--ca-secret-name", ca_secret, "--ca-propagation", "3s", "--ca-grace", "3s", "--lease-duration", "4s",
+        "--lease-name", f"lease-{ca_secret}", *extra))
+    other.starts = operator.starts + 400
+    try:
+        yield other.start()
+    finally:
+        other.stop()
+        operator.start()
+
+
+class Kubelet:
+    """Keeps a folder in step with a Secret, promptly, by atomic symlink swaps."""
+
+    def __init__(self, api: Api, namespace: str, secret: str, folder: Path) -> None:
+        self.api, self.namespace, self.secret, self.folder = api, namespace, secret, folder
+        self.version = ""
+        self.sync()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sync(self) -> None:
+        obj = self.api.secret(self.namespace, self.secret)
+        if obj is not None and obj.metadata.resource_version != self.version:
+            swap_volume(self.folder, secret_files(obj))
+            self.version = obj.metadata.resource_version
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            with contextlib.suppress(Exception):
+                self.sync()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class Traffic:
+    """A server (one listening context, following its folder) and a client connecting in a loop."""
+
+    def __init__(self, server_dir: Path, client_dir: Path, hostname: str) -> None:
+        self.server = workload.reloading_server(server_dir)
+        self.client = workload.reloading_client(client_dir)
+        self.hostname = hostname
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.tls_listener = self.server.context().wrap_socket(self.listener, server_side=True)
+        self.ok = 0
+        self.failures: list[str] = []
+        self.serials: set[str] = set()
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+        self._client = threading.Thread(target=self._call, daemon=True)
+        self._client.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tls_listener.accept()
+            except OSError as e:
+                if not self._stop.is_set():
+                    self.failures.append(f"server: {e}")
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.recv(8)
+                conn.sendall((workload.peer_spiffe_id(conn) or "anonymous").encode())
+
+    def _call(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw, \
+                        self.client.context().wrap_socket(raw, server_hostname=self.hostname) as tls:
+                    self.serials.add(format(x509.load_der_x509_certificate(
+                        tls.getpeercert(binary_form=True)).serial_number, "x"))
+                    tls.sendall(b"hi")
+                    if not tls.recv(256).startswith(b"spiffe://"):
+                        raise OSError("the server did not see the client's identity")
+                self.ok += 1
+            except OSError as e:  # ssl.SSLError is an OSError
+                self.failures.append(f"client: {type(e).__name__}: {e}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._client.join(10)
+        self.tls_listener.close()
+
+
+def _phase(api: Api, name: str) -> str:
+    secret = api.secret(OPERATOR_NAMESPACE, name)
+    return ((secret.metadata.annotations or {}).get(rotation.ANN_PHASE, "")) if secret else "?"
+
+
+def _request_rotation(api: Api, name: str) -> None:
+    api.core.patch_namespaced_secret(name, OPERATOR_NAMESPACE, {"metadata": {"annotations": {
+        rotation.ANN_REQUEST: dt.datetime.now(dt.UTC).isoformat()}}})
+
+
+def _roots(api: Api, name: str) -> list:
+    return pki.load_chain(secret_files(api.secret(OPERATOR_NAMESPACE, name))["ca.crt"])
+
+
+@pytest.mark.timeout(240)
+def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: OperatorProcess, ns: str,
+                                                      tmp_path: Path) -> None:
+    with rotating_operator(operator, "rot-ca"):
+        wait_for("the managed root", lambda: api.secret(OPERATOR_NAMESPACE, "rot-ca"))
+        old_root = _roots(api, "rot-ca")[0]
+        api.create_identity(ns, "svc", {"usages": ["server"], **SHORT})
+        api.create_identity(ns, "cli", {"usages": ["client"], **SHORT})
+        api.wait_ready(ns, "svc")
+        api.wait_ready(ns, "cli")
+        kubelets = [Kubelet(api, ns, "svc-mtls", tmp_path / "svc"), Kubelet(api, ns, "cli-mtls", tmp_path / "cli")]
+        traffic = Traffic(tmp_path / "svc", tmp_path / "cli", f"svc.{ns}.svc")
+        try:
+            wait_for("a leaf rotation under traffic", lambda: api.identity(ns, "svc")["status"]["revision"] >= 2,
+                     timeout=30)
+            _request_rotation(api, "rot-ca")
+            wait_for("the rotation to start", lambda: _phase(api, "rot-ca") != "", timeout=20)
+            wait_for("the rotation to finish", lambda: _phase(api, "rot-ca") == "", timeout=90)
+            new_root = _roots(api, "rot-ca")
+            assert len(new_root) == 1 and new_root[0] != old_root
+            for name in ("svc", "cli"):
+                files = secret_files(api.secret(ns, f"{name}-mtls"))
+                assert pki.issued_by(pki.load_chain(files["tls.crt"])[0], new_root[0]), name
+                assert pki.load_chain(files["ca.crt"]) == new_root, name
+            revision = api.identity(ns, "svc")["status"]["revision"]
+            wait_for("two more leaf rotations after the root moved",
+                     lambda: api.identity(ns, "svc")["status"]["revision"] >= revision + 2, timeout=40)
+            wait_for("the kubelets to catch up", lambda: [k.sync() for k in kubelets] and traffic.ok > 0)
+        finally:
+            traffic.stop()
+            for k in kubelets:
+                k.stop()
+    print(f"{traffic.ok} mutual-TLS connections, {len(traffic.failures)} failed, "
+          f"{len(traffic.serials)} server certificates seen")
+    assert not traffic.failures, traffic.failures[:5]
+    assert traffic.ok >= 1000, traffic.ok
+    assert len(traffic.serials) >= 5  # the server's certificate changed under the same listening socket
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("phase", ["Propagating", "Reissuing", "Retiring"])
+def test_rotation_killed_in_each_phase_resumes_and_completes(api: Api, operator: OperatorProcess, ns: str,
+                                                             phase: str) -> None:
+    secret = f"kill-{phase.lower()}-ca"
+    # Long enough phases to be caught in, short enough for a test.
+    # One leaf reissued every 2 s keeps Reissuing observable too.
+    with rotating_operator(operator, secret, "--ca-propagation", "6s", "--ca-grace", "6s",
+                           "--reissue-rate", "0.5") as op:
+        wait_for("the managed root", lambda: api.secret(OPERATOR_NAMESPACE, secret))
+        old_root = _roots(api, secret)[0]
+        for name in ("a", "b"):
+            api.create_identity(ns, name)
+        for name in ("a", "b"):
+            api.wait_ready(ns, name)
+        _request_rotation(api, secret)
+        wait_for(f"phase {phase}", lambda: _phase(api, secret) == phase, timeout=60, interval=0.05)
+        op.kill()
+        op.start()  # waits out the dead leader's lease, then resumes from the phase recorded in the Secret
+        wait_for("the rotation to complete", lambda: _phase(api, secret) == "", timeout=90)
+        roots = _roots(api, secret)
+        assert len(roots) == 1 and roots[0] != old_root
+        for name in ("a", "b"):
+            obj = api.wait_ready(ns, name)
+            files = secret_files(api.secret(ns, f"{name}-mtls"))
+            assert pki.issued_by(pki.load_chain(files["tls.crt"])[0], roots[0]), (name, obj["status"])
+            assert pki.load_chain(files["ca.crt"]) == roots
