@@ -146,7 +146,8 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
                 return [e for e in local.writes() if e.get("objectRef", {}).get("namespace") == "bench"
                         and e["user"]["username"] != "system:kube-controller-manager"
                         and not (e["objectRef"].get("resource") in ("mtlsidentities", "serviceaccounts")
-                                 and e["verb"] == "create")]
+                                 and e["verb"] == "create")
+                        and e["objectRef"].get("resource") != "configmaps"]  # the namespace's one trust bundle
             settled = -1
             while settled != len(bench_writes()):
                 settled = len(bench_writes())

@@ -29,6 +29,9 @@ class Settings:
     ca_propagation: dt.timedelta = dt.timedelta(minutes=3)
     ca_grace: dt.timedelta = dt.timedelta(minutes=10)
     ca_stall: dt.timedelta = dt.timedelta(hours=1)
+    # The trust-bundle ConfigMap in every namespace holding identities (and these): "" turns it off.
+    bundle_configmap: str = "mtls-trust-bundle"
+    bundle_namespaces: tuple[str, ...] = ()
     # Leaves reissued per second when the issuing CA changes (a rotation, a replaced CA): no storm on the API server.
     reissue_rate: float = 50.0
     trust_domain: str = "cluster.local"
@@ -81,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="during a root rotation, how long the old root stays trusted after the last leaf moved")
     add("--ca-stall", default=_env("ca-stall", format_duration(d.ca_stall)),
         help="during a root rotation, how long a phase waits for lagging Secrets before it moves on anyway")
+    add("--bundle-configmap", default=_env("bundle-configmap", d.bundle_configmap),
+        help='name of the trust-bundle ConfigMap published per namespace ("" turns it off)')
+    add("--bundle-namespace", dest="bundle_namespaces", action="append", default=None,
+        help="also publish the trust bundle in this namespace (repeatable), or MTLS_BUNDLE_NAMESPACES=a,b")
     add("--reissue-rate", type=float, default=float(_env("reissue-rate", str(d.reissue_rate))),
         help="leaves reissued per second when the issuing CA changes")
     add("--trust-domain", default=_env("trust-domain", d.trust_domain), help="SPIFFE trust domain")
@@ -125,6 +132,9 @@ def from_args(args: argparse.Namespace) -> Settings:
         ca_grace=parse_duration(args.ca_grace),
         ca_stall=parse_duration(args.ca_stall),
         reissue_rate=max(0.1, args.reissue_rate),
+        bundle_configmap=args.bundle_configmap,
+        bundle_namespaces=tuple(args.bundle_namespaces if args.bundle_namespaces is not None else
+                                [n.strip() for n in _env("bundle-namespaces", "").split(",") if n.strip()]),
         trust_domain=args.trust_domain,
         cluster_domain=args.cluster_domain,
         min_duration=parse_duration(args.min_duration),

@@ -39,6 +39,10 @@ def build_registry() -> kopf.OperatorRegistry:
         namespaces = memo.settings.namespaces
         for body in await kube.list_all("/api/v1", "secrets", namespaces, tlssecret.MANAGED_SELECTOR):
             reconciler.secrets.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
+        if memo.settings.bundle_configmap:
+            for body in await kube.list_all("/api/v1", "configmaps", namespaces, tlssecret.MANAGED_SELECTOR):
+                if body["metadata"]["name"] == memo.settings.bundle_configmap:
+                    reconciler.bundles.maps[body["metadata"]["namespace"]] = body
         for body in await kube.list_all("/api/v1", "serviceaccounts", namespaces):
             reconciler.service_account_event("ADDED", body)
         try:
@@ -73,6 +77,10 @@ def build_registry() -> kopf.OperatorRegistry:
     async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.secret_event(event["type"], event["object"])
 
+    @kopf.on.event("v1", "configmaps", registry=registry)
+    async def configmap_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.bundles.event(event["type"], event["object"])
+
     @kopf.on.event("v1", "serviceaccounts", registry=registry)
     async def service_account_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.service_account_event(event["type"], event["object"])
@@ -103,6 +111,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.enabled = False
     # Watch only the Secrets the operator manages, filtered by the API server rather than in this process.
     settings.watching.label_selectors["v1", "secrets"] = tlssecret.MANAGED_SELECTOR
+    settings.watching.label_selectors["v1", "configmaps"] = tlssecret.MANAGED_SELECTOR
     # Serve the resources that exist at start; no list/watch of CRDs and namespaces is needed (least privilege).
     settings.scanning.disabled = True
     settings.persistence.diffbase_storage = _NoDiffBase()

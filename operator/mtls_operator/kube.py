@@ -133,6 +133,16 @@ class Kube:
         meta = body["metadata"]
         return await self._call("PUT", f"{self._secrets(meta['namespace'])}/{quote(meta['name'])}", body)
 
+    # ---- ConfigMaps (trust bundles) ----
+
+    async def create_configmap(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", f"/api/v1/namespaces/{quote(body['metadata']['namespace'])}/configmaps", body)
+
+    async def replace_configmap(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        path = f"/api/v1/namespaces/{quote(meta['namespace'])}/configmaps/{quote(meta['name'])}"
+        return await self._call("PUT", path, body)
+
     # ---- MtlsIdentities ----
 
     @staticmethod

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import ca as ca_mod
 from . import metrics, pki, plan, policy, rotation, status, tlssecret
+from .bundles import TrustBundles
 from .config import Settings
 from .kube import ApiError, Conflict, Kube, NotFound
 from .rotator import KEY as ROTATION_KEY
@@ -147,6 +148,7 @@ class Reconciler:
         self._reissue_rate = RateLimiter(settings.reissue_rate)
         self._ca_watch_stop = threading.Event()
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
+        self.bundles = TrustBundles(self, settings.bundle_configmap, settings.bundle_namespaces)
         self.rotator = RootRotator(self, rotation.Timing(
             rotate_before=settings.ca_rotate_before, propagation=settings.ca_propagation, grace=settings.ca_grace,
             stall=settings.ca_stall))
@@ -171,6 +173,8 @@ class Reconciler:
             return
         previous = self.identities.get(key)
         self.identities.put(key, body)
+        if self.settings.bundle_configmap and key[0] not in self.bundles.maps:
+            self.spawn(self.bundles.ensure(key[0]))  # the namespace's first identity: publish its trust bundle
         if event_type is not None and previous is not None and _intent(previous) == _intent(body):
             return  # only the status changed (our own write, as a rule): nothing to decide
         self.trigger(key)
@@ -305,6 +309,8 @@ class Reconciler:
             log.info("issuing CA %s (%s), valid until %s", new.cert.subject.rfc4514_string(), new.fingerprint[:16],
                      new.not_after.isoformat())
             self.trigger_all()
+            if self.settings.bundle_configmap:
+                self.bundles.ensure_all()
         self.trigger(ROTATION_KEY)
 
     async def _rotation_check(self) -> None:
@@ -512,12 +518,15 @@ class Reconciler:
             metrics.failures.labels(reason).inc()
             self._event(body, KIND, "Warning", reason, message)
 
-    def _event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
-        """Posts an Event in the background: it must neither delay the status a user waits for, nor fail a reconcile."""
-        task = asyncio.get_running_loop().create_task(
-            self.kube.post_event(involved, kind, event_type, reason, message))
+    def spawn(self, coroutine) -> None:
+        """Runs background work tracked with the reconciles (so shutdown cancels it too)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
+        """Posts an Event in the background: it must neither delay the status a user waits for, nor fail a reconcile."""
+        self.spawn(self.kube.post_event(involved, kind, event_type, reason, message))
 
     def _spec(self, key: Key, body: Mapping[str, Any]) -> IdentitySpec | InvalidSpec:
         """Parses a spec once per generation (the API server bumps it on every spec change)."""

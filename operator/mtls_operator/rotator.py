@@ -42,6 +42,8 @@ class RootRotator:
                 stale += 1
             if (body.get("metadata", {}).get("annotations") or {}).get(tlssecret.ANN_ISSUER) != authority.fingerprint:
                 old += 1
+        if self.r.settings.bundle_configmap:
+            stale += self.r.bundles.stale()
         return rotation.Progress(stale_bundle=stale, old_issuer=old)
 
     async def check(self) -> None:

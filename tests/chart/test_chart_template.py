@@ -101,6 +101,8 @@ def test_rbac_is_least_privilege(helm: Path) -> None:
         ("", "secrets", "get"), ("", "secrets", "list"), ("", "secrets", "watch"), ("", "secrets", "create"),
         ("", "secrets", "update"),
         ("", "serviceaccounts", "list"), ("", "serviceaccounts", "watch"),
+        ("", "configmaps", "list"), ("", "configmaps", "watch"), ("", "configmaps", "create"),
+        ("", "configmaps", "update"),
         ("", "events", "create"),
         ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "update"),
         ("coordination.k8s.io", "leases", "create"),

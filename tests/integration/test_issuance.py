@@ -206,5 +206,24 @@ def test_at_most_three_api_writes_per_issuance(api: Api, operator: OperatorProce
         ref = e["objectRef"]
         key = f"{e['verb']} {ref['resource']}" + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         by_kind[key] = by_kind.get(key, 0) + 1
-    assert len(writes) <= 3 * n, by_kind
+    # Three per issuance, and the namespace's trust-bundle ConfigMap once.
+    assert by_kind.pop("create configmaps", 0) <= 1, by_kind
+    assert sum(by_kind.values()) <= 3 * n, by_kind
     assert by_kind.get("create secrets") == n, by_kind
+
+
+def test_trust_bundle_configmap_is_published_and_healed(api: Api, operator: OperatorProcess, ns: str) -> None:
+    api.create_identity(ns, "holder")
+    api.wait_ready(ns, "holder")
+    bundle = secret_files(api.secret(ns, "holder-mtls"))["ca.crt"].decode()
+
+    def published():
+        try:
+            cm = api.core.read_namespaced_config_map("mtls-trust-bundle", ns)
+        except Exception:
+            return None
+        return cm if (cm.data or {}).get("ca.crt") == bundle else None
+    cm = wait_for("the trust bundle ConfigMap", published)
+    assert cm.metadata.labels["app.kubernetes.io/managed-by"] == "mtls-operator"
+    api.core.delete_namespaced_config_map("mtls-trust-bundle", ns)
+    wait_for("the trust bundle to come back", published)

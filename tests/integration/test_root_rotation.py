@@ -153,6 +153,8 @@ def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: Operat
                 files = secret_files(api.secret(ns, f"{name}-mtls"))
                 assert pki.issued_by(pki.load_chain(files["tls.crt"])[0], new_root[0]), name
                 assert pki.load_chain(files["ca.crt"]) == new_root, name
+            wait_for("the namespace's trust bundle to hold the new root only", lambda: pki.load_chain(
+                api.core.read_namespaced_config_map("mtls-trust-bundle", ns).data["ca.crt"].encode()) == new_root)
             revision = api.identity(ns, "svc")["status"]["revision"]
             wait_for("two more leaf rotations after the root moved",
                      lambda: api.identity(ns, "svc")["status"]["revision"] >= revision + 2, timeout=40)

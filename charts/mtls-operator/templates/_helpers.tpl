@@ -36,6 +36,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update"]
+# Publish the trust bundle per namespace (ConfigMap mtls-trust-bundle) and keep it current.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list", "watch", "create", "update"]
 # An identity's ServiceAccount must exist before it gets a certificate.
 - apiGroups: [""]
   resources: ["serviceaccounts"]

@@ -1,0 +1,84 @@
+"""Trust-bundle ConfigMaps: the CA bundle, published in every namespace that holds identities (and any namespaces
+named with --bundle-namespace), for workloads that verify peers but hold no identity of their own, or mount the bundle
+apart from their key. Kept current: a changed bundle (a root rotation publishes old + new) is written to each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import tlssecret
+from .kube import ApiError, Conflict
+
+if TYPE_CHECKING:
+    from .reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+KEY = "ca.crt"
+
+
+class TrustBundles:
+    def __init__(self, reconciler: Reconciler, name: str, extra_namespaces: Iterable[str]) -> None:
+        self.r = reconciler
+        self.name = name
+        self.extra = frozenset(extra_namespaces)
+        self.maps: dict[str, dict[str, Any]] = {}  # namespace -> our ConfigMap as last seen
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        if meta.get("name") != self.name:
+            return
+        if event_type == "DELETED":
+            self.maps.pop(meta["namespace"], None)
+        else:
+            self.maps[meta["namespace"]] = body
+        self.r.spawn(self.ensure(meta["namespace"]))
+
+    def namespaces(self) -> set[str]:
+        return {key[0] for key in self.r.identities} | set(self.extra)
+
+    def stale(self) -> int:
+        """How many namespaces do not show the current bundle yet (a root rotation waits for them)."""
+        bundle = self._bundle()
+        return sum(1 for ns in self.namespaces() if (self.maps.get(ns, {}).get("data") or {}).get(KEY) != bundle)
+
+    def _bundle(self) -> str | None:
+        return self.r.ca.bundle_pem.decode() if self.r.ca else None
+
+    def ensure_all(self) -> None:
+        for namespace in self.namespaces():
+            self.r.spawn(self.ensure(namespace))
+
+    async def ensure(self, namespace: str) -> None:
+        bundle = self._bundle()
+        if bundle is None or namespace not in self.namespaces():
+            return
+        lock = self._locks.setdefault(namespace, asyncio.Lock())
+        async with lock:
+            current = self.maps.get(namespace)
+            if current is not None and (current.get("data") or {}).get(KEY) == bundle:
+                return
+            body = {
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": self.name, "namespace": namespace,
+                             "labels": {tlssecret.MANAGED_BY: tlssecret.MANAGED_BY_VALUE}},
+                "data": {KEY: bundle},
+            }
+            try:
+                if current is None:
+                    written = await self.r.kube.create_configmap(body)
+                else:
+                    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                    written = await self.r.kube.replace_configmap(body)
+            except Conflict:
+                # Exists without our label (someone else's: leave it), or changed meanwhile (the watch brings it).
+                log.debug("trust bundle %s/%s changed under us or is not ours", namespace, self.name)
+                return
+            except ApiError as e:
+                log.warning("could not write trust bundle %s/%s: %s", namespace, self.name, e)
+                return
+            self.maps[namespace] = written
