@@ -139,6 +139,11 @@ class Api:
             return obj if ready_condition(obj).get("reason") == reason else None
         return wait_for(f"{namespace}/{name} reason {reason}", probe, timeout)
 
+    def wait_event(self, namespace: str, name: str, match: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+        """Events are posted after the status a test waits for, in the background: poll for them too."""
+        return wait_for(f"an Event on {namespace}/{name}",
+                        lambda: next((e for e in self.events(namespace, name) if match(e)), None), timeout)
+
     def events(self, namespace: str, name: str) -> list[Any]:
         items = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
         return list(items)

@@ -138,6 +138,7 @@ class Reconciler:
         self._tasks: set[asyncio.Task] = set()
         self._failures: dict[Key, int] = {}
         self._conflicted: set[Key] = set()
+        self._blocked: set[Key] = set()  # identities whose last look ended in a refusal (policy, spec, conflict...)
         self._views: dict[Key, tuple[tuple[str, str], tlssecret.SecretView]] = {}
         self._specs: dict[Key, tuple[tuple[str, int], IdentitySpec | InvalidSpec]] = {}
         self._unwritable: dict[Key, int] = {}  # identity -> generation whose status the API server refuses
@@ -165,6 +166,7 @@ class Reconciler:
             self._failures.pop(key, None)
             self._conflicted.discard(key)
             self._unwritable.pop(key, None)
+            self._blocked.discard(key)
             parsed = self._specs.pop(key, (None, None))[1]
             if isinstance(parsed, IdentitySpec):
                 self._views.pop((parsed.namespace, parsed.secret_name), None)
@@ -423,6 +425,7 @@ class Reconciler:
                     spec, body["metadata"]["uid"], cert, key_obj, ca.chain_pem(), ca.bundle_pem, annotations,
                     view.resource_version))
 
+        self._blocked.discard(key)
         desired = status.healthy(body.get("status") or {}, spec.secret_name, spec.spiffe_id, cert, renewal, revision,
                                  ca.fingerprint, body["metadata"].get("generation", 0), now)
         await self._set_status(key, body, desired)
@@ -492,8 +495,14 @@ class Reconciler:
                 return
         await self._report_failure(body, status.Ready.CA_UNAVAILABLE, self.ca_error)
 
+    def servable(self, key: Key) -> bool:
+        """An identity that exists and whose last look did not end in a refusal."""
+        return self.identities.get(key) is not None and key not in self._blocked
+
     async def _report_failure(self, body: dict[str, Any], reason: str, message: str) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if reason != status.Ready.ISSUANCE_FAILED:  # a transient failure is retried; a refusal waits for a change
+            self._blocked.add(key)
         previous = body.get("status") or {}
         generation = body["metadata"].get("generation", 0)
         desired = status.failed(previous, reason, message, generation, self.clock())

@@ -36,7 +36,10 @@ class RootRotator:
         stale = old = 0
         for key in self.r.secrets:
             body = self.r.secrets.get(key)
-            if not body or not tlssecret.controller_ref(body):
+            owner = tlssecret.controller_ref(body or {}).get("name")
+            # Secrets of identities that cannot be served now (denied, invalid, gone) would hold the rotation for
+            # nothing: only identities the operator can issue for are waited on.
+            if not owner or not self.r.servable((key[0], owner)):
                 continue
             if (body.get("data") or {}).get("ca.crt") != bundle:
                 stale += 1

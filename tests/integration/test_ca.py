@@ -65,7 +65,7 @@ def test_broken_ca_is_reported_never_overwritten_and_fixed_live(api: Api, operat
         assert "not a CA certificate" in ready_condition(obj)["message"]
         assert api.secret(ns, "waiting-mtls") is None
         assert api.secret(OPERATOR_NAMESPACE, "broken-ca").metadata.resource_version == version
-        assert any(e.reason == "CAInvalid" for e in api.events(OPERATOR_NAMESPACE, "broken-ca"))
+        api.wait_event(OPERATOR_NAMESPACE, "broken-ca", lambda e: e.reason == "CAInvalid")
         assert "mtls_operator_ca_ready 0.0" in other.metrics()
 
         # Fixed in place: picked up from the watch, no restart.
@@ -80,7 +80,7 @@ def test_broken_ca_is_reported_never_overwritten_and_fixed_live(api: Api, operat
         wait_for("a reissue from the new root", lambda: (o := api.ready(ns, "waiting"))
                  and o["status"]["revision"] == 2
                  and secret_files(api.secret(ns, "waiting-mtls"))["ca.crt"] == newer["tls.crt"])
-        assert any(e.reason == "Renewed" and "CAChanged" in e.message for e in api.events(ns, "waiting"))
+        api.wait_event(ns, "waiting", lambda e: e.reason == "Renewed" and "CAChanged" in e.message)
 
 
 def _intermediate_ca(now: dt.datetime) -> tuple[dict[str, bytes], bytes]:

@@ -85,7 +85,7 @@ def test_chart_rbac_runs_the_whole_flow_and_denies_the_rest(kubeconfig: Path, ap
         renewed = wait_for("a renewal under the chart's RBAC", lambda: (o := api.ready(ns, "charted")) and
                            o["status"]["revision"] >= 2 and o, timeout=40)
         assert renewed["status"]["serialNumber"] != first
-        assert any(e.reason == "Renewed" for e in api.events(ns, "charted"))
+        api.wait_event(ns, "charted", lambda e: e.reason == "Renewed")
         api.core.delete_namespaced_secret("charted-mtls", ns)
         wait_for("the deleted Secret to heal", lambda: api.secret(ns, "charted-mtls") and api.ready(ns, "charted"))
         log = chart_operator.log()

@@ -69,7 +69,7 @@ def test_fresh_identity_secret_verifies_and_lints_clean(api: Api, operator: Oper
     assert status["renewalTime"] < status["notAfter"]
     assert status["issuerFingerprint"] == pki.fingerprint(pki.load_chain((folder / "ca.crt").read_bytes())[0])
     assert ready_condition(obj)["reason"] == "Issued"
-    assert any(e.reason == "Issued" for e in api.events(ns, "web"))
+    api.wait_event(ns, "web", lambda e: e.reason == "Issued")
 
 
 def test_mutual_tls_strict_optional_and_foreign(api: Api, operator: OperatorProcess, ns: str, tmp_path) -> None:
@@ -135,7 +135,7 @@ def test_invalid_spec_is_reported_and_nothing_issued(api: Api, operator: Operato
     cond = ready_condition(obj)
     assert cond["status"] == "False" and "outside the operator's bounds" in cond["message"]
     assert api.secret(ns, "greedy-mtls") is None
-    assert any(e.reason == "InvalidSpec" and e.type == "Warning" for e in api.events(ns, "greedy"))
+    api.wait_event(ns, "greedy", lambda e: e.reason == "InvalidSpec" and e.type == "Warning")
     # Fixing the spec heals it.
     api.patch_identity(ns, "greedy", {"spec": {"duration": "48h"}})
     api.wait_ready(ns, "greedy")

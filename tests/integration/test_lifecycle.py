@@ -39,7 +39,7 @@ def test_rotation_before_expiry_with_new_key_and_working_handshakes(api: Api, op
     issued_at = new_cert.not_valid_before_utc + dt.timedelta(minutes=5)
     assert _parse(first["renewalTime"]) - dt.timedelta(seconds=1) <= issued_at < _parse(first["notAfter"])
     assert ready_condition(api.identity(ns, "rot"))["reason"] == "Renewed"
-    assert any(e.reason == "Renewed" for e in api.events(ns, "rot"))
+    api.wait_event(ns, "rot", lambda e: e.reason == "Renewed")
 
     folder = write_identity_dir(api.secret(ns, "rot-mtls"), tmp_path / "rot")
     s, c = tlskit.exchange(server_context(folder), client_context(peer), f"rot.{ns}.svc")
@@ -130,7 +130,7 @@ def test_foreign_secret_is_never_touched(api: Api, operator: OperatorProcess, ns
     api.create_identity(ns, "squatter", {"secretName": "taken"})
     obj = api.wait_reason(ns, "squatter", "SecretConflict")
     assert ready_condition(obj)["status"] == "False"
-    assert any(e.reason == "SecretConflict" for e in api.events(ns, "squatter"))
+    api.wait_event(ns, "squatter", lambda e: e.reason == "SecretConflict")
     # Poke the identity so it is reconciled again; the Secret must still be exactly as it was.
     before = _reconciles(operator)
     api.patch_identity(ns, "squatter", {"metadata": {"labels": {"poke": "1"}}})

@@ -21,7 +21,7 @@ def test_names_of_other_namespaces_are_denied_and_named(api: Api, operator: Oper
     obj = api.wait_reason(ns, "spy", "PolicyDenied")
     assert "'payments.bank.svc'" in ready_condition(obj)["message"]
     assert api.secret(ns, "spy-mtls") is None
-    assert any(e.reason == "PolicyDenied" and e.type == "Warning" for e in api.events(ns, "spy"))
+    api.wait_event(ns, "spy", lambda e: e.reason == "PolicyDenied" and e.type == "Warning")
 
 
 def test_cluster_policy_grants_ips_and_names_live(api: Api, operator: OperatorProcess, ns: str) -> None:

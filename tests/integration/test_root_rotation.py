@@ -25,9 +25,10 @@ SHORT = {"duration": "24s", "renewBefore": "16s"}  # leaves renew about every 8 
 
 
 @contextlib.contextmanager
-def rotating_operator(operator: OperatorProcess, ca_secret: str, *extra: str):
+def rotating_operator(operator: OperatorProcess, ca_secret: str, namespace: str, *extra: str):
+    """An operator with its own managed root, serving only the test's namespace (other tests' identities stay out)."""
     operator.stop()
-    other = OperatorProcess(operator.kubeconfig, operator.log_dir, (
+    other = OperatorProcess(operator.kubeconfig, operator.log_dir, ("--namespace", namespace,
         "--ca-secret-name", ca_secret, "--ca-propagation", "3s", "--ca-grace", "3s", "--lease-duration", "4s",
         "--lease-name", f"lease-{ca_secret}", *extra))
     other.starts = operator.starts + 400
@@ -132,7 +133,7 @@ def _roots(api: Api, name: str) -> list:
 @pytest.mark.timeout(240)
 def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: OperatorProcess, ns: str,
                                                       tmp_path: Path) -> None:
-    with rotating_operator(operator, "rot-ca"):
+    with rotating_operator(operator, "rot-ca", ns):
         wait_for("the managed root", lambda: api.secret(OPERATOR_NAMESPACE, "rot-ca"))
         old_root = _roots(api, "rot-ca")[0]
         api.create_identity(ns, "svc", {"usages": ["server"], **SHORT})
@@ -177,7 +178,7 @@ def test_rotation_killed_in_each_phase_resumes_and_completes(api: Api, operator:
     secret = f"kill-{phase.lower()}-ca"
     # Long enough phases to be caught in, short enough for a test.
     # One leaf reissued every 2 s keeps Reissuing observable too.
-    with rotating_operator(operator, secret, "--ca-propagation", "6s", "--ca-grace", "6s",
+    with rotating_operator(operator, secret, ns, "--ca-propagation", "6s", "--ca-grace", "6s",
                            "--reissue-rate", "0.5") as op:
         wait_for("the managed root", lambda: api.secret(OPERATOR_NAMESPACE, secret))
         old_root = _roots(api, secret)[0]
