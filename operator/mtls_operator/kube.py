@@ -153,6 +153,15 @@ class Kube:
         return await self._call("PATCH", self._identity(namespace, name) + "/status", {"status": patch},
                                 "application/merge-patch+json")
 
+    # ---- MtlsAuthority (cluster-scoped) ----
+
+    async def create_authority(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", f"/apis/{GROUP}/{VERSION}/mtlsauthorities", body)
+
+    async def patch_authority_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("PATCH", f"/apis/{GROUP}/{VERSION}/mtlsauthorities/{quote(name)}/status",
+                                {"status": status}, "application/merge-patch+json")
+
     # ---- Leases (leader election) ----
 
     @staticmethod

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import ca as ca_mod
 from . import metrics, pki, plan, policy, rotation, status, tlssecret
+from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .config import Settings
 from .kube import ApiError, Conflict, Kube, NotFound
@@ -150,6 +151,7 @@ class Reconciler:
         self._ca_watch_stop = threading.Event()
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
         self.bundles = TrustBundles(self, settings.bundle_configmap, settings.bundle_namespaces)
+        self.authority = AuthorityStatus(self)
         self.rotator = RootRotator(self, rotation.Timing(
             rotate_before=settings.ca_rotate_before, propagation=settings.ca_propagation, grace=settings.ca_grace,
             stall=settings.ca_stall))
@@ -302,6 +304,7 @@ class Reconciler:
             self.ca, self.ca_error = None, message
             metrics.ca_ready.set(0)
             self.trigger_all()
+            self.spawn(self.authority.publish())
             return
         old = self.ca
         self.ca, self.ca_error, self.ca_secret = new, "", dict(body)
@@ -314,6 +317,7 @@ class Reconciler:
             if self.settings.bundle_configmap:
                 self.bundles.ensure_all()
         self.trigger(ROTATION_KEY)
+        self.spawn(self.authority.publish())
 
     async def _rotation_check(self) -> None:
         self._queued.discard(ROTATION_KEY)

@@ -98,6 +98,7 @@ def test_rbac_is_least_privilege(helm: Path) -> None:
         ("mtls-operator.io", "mtlsidentities", "list"), ("mtls-operator.io", "mtlsidentities", "watch"),
         ("mtls-operator.io", "mtlsidentities/status", "patch"),
         ("mtls-operator.io", "mtlsidentitypolicies", "list"), ("mtls-operator.io", "mtlsidentitypolicies", "watch"),
+        ("mtls-operator.io", "mtlsauthorities", "create"), ("mtls-operator.io", "mtlsauthorities/status", "patch"),
         ("", "secrets", "get"), ("", "secrets", "list"), ("", "secrets", "watch"), ("", "secrets", "create"),
         ("", "secrets", "update"),
         ("", "serviceaccounts", "list"), ("", "serviceaccounts", "watch"),

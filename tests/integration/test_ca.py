@@ -67,6 +67,7 @@ def test_broken_ca_is_reported_never_overwritten_and_fixed_live(api: Api, operat
         assert api.secret(OPERATOR_NAMESPACE, "broken-ca").metadata.resource_version == version
         api.wait_event(OPERATOR_NAMESPACE, "broken-ca", lambda e: e.reason == "CAInvalid")
         assert "mtls_operator_ca_ready 0.0" in other.metrics()
+        wait_for("the MtlsAuthority to say why", lambda: _authority_ready(api, "broken-ca") == "False")
 
         # Fixed in place: picked up from the watch, no restart.
         good = ca_mod.new_root(Settings(), now)
@@ -159,3 +160,12 @@ def test_tampered_ca_secret_is_refused_live_and_never_overwritten(api: Api, oper
         # The identity whose certificate is still good kept it, and its Ready.
         obj = api.identity(ns, "steady")
         assert ready_condition(obj)["status"] == "True" and obj["status"]["serialNumber"] == steady
+
+
+def _authority_ready(api: Api, secret: str) -> str:
+    try:
+        obj = api.custom.get_cluster_custom_object("mtls-operator.io", "v1alpha1", "mtlsauthorities",
+                                                   f"{OPERATOR_NAMESPACE}.{secret}")
+    except Exception:
+        return ""
+    return next((c["status"] for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), "")

@@ -126,6 +126,18 @@ def _request_rotation(api: Api, name: str) -> None:
         rotation.ANN_REQUEST: dt.datetime.now(dt.UTC).isoformat()}}})
 
 
+def _authority(api: Api, secret: str) -> dict | None:
+    try:
+        return api.custom.get_cluster_custom_object("mtls-operator.io", "v1alpha1", "mtlsauthorities",
+                                                    f"{OPERATOR_NAMESPACE}.{secret}")
+    except Exception:
+        return None
+
+
+def _condition(obj: dict, kind: str) -> str:
+    return next((c["status"] for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), "")
+
+
 def _roots(api: Api, name: str) -> list:
     return pki.load_chain(secret_files(api.secret(OPERATOR_NAMESPACE, name))["ca.crt"])
 
@@ -147,6 +159,9 @@ def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: Operat
                      timeout=30)
             _request_rotation(api, "rot-ca")
             wait_for("the rotation to start", lambda: _phase(api, "rot-ca") != "", timeout=20)
+            seen = wait_for("the cluster-level MtlsAuthority to show the rotation",
+                            lambda: (a := _authority(api, "rot-ca")) and _condition(a, "Rotating") == "True" and a)
+            assert seen["status"]["trustAnchorCount"] == 2  # old and new, side by side
             wait_for("the rotation to finish", lambda: _phase(api, "rot-ca") == "", timeout=90)
             new_root = _roots(api, "rot-ca")
             assert len(new_root) == 1 and new_root[0] != old_root
@@ -156,6 +171,10 @@ def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: Operat
                 assert pki.load_chain(files["ca.crt"]) == new_root, name
             wait_for("the namespace's trust bundle to hold the new root only", lambda: pki.load_chain(
                 api.core.read_namespaced_config_map("mtls-trust-bundle", ns).data["ca.crt"].encode()) == new_root)
+            done = wait_for("the MtlsAuthority to settle", lambda: (a := _authority(api, "rot-ca"))
+                            and _condition(a, "Rotating") == "False" and a["status"]["trustAnchorCount"] == 1 and a)
+            assert _condition(done, "Ready") == "True" and done["status"]["rotationPhase"] == "Stable"
+            assert done["status"]["issuerFingerprint"] == pki.fingerprint(new_root[0])
             revision = api.identity(ns, "svc")["status"]["revision"]
             wait_for("two more leaf rotations after the root moved",
                      lambda: api.identity(ns, "svc")["status"]["revision"] >= revision + 2, timeout=40)

@@ -1,0 +1,88 @@
+"""The cluster-level view of the issuing CA: an MtlsAuthority object (cluster-scoped, one per CA Secret) whose status
+says whether the CA is usable, what it is, which roots peers must trust, and where a root rotation stands.
+
+Written only when something changed (the last status written is remembered), and best effort: the CA Secret stays the
+record; this object is for `kubectl get mtlsauthorities`, for dashboards and for alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import pki, rotation, status
+from .kube import ApiError, Conflict, NotFound
+from .spec import GROUP, VERSION
+from .tlssecret import MANAGED_BY, MANAGED_BY_VALUE
+
+if TYPE_CHECKING:
+    from .reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+
+class AuthorityStatus:
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.r = reconciler
+        s = reconciler.settings
+        self.name = f"{s.ca_namespace}.{s.ca_secret_name}"
+        self._written: dict[str, Any] | None = None
+        self._lock = asyncio.Lock()
+
+    def desired(self) -> dict[str, Any]:
+        r, now = self.r, self.r.clock()
+        previous = {c["type"]: c for c in (self._written or {}).get("conditions", [])}
+
+        def condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+            state = "True" if ok else "False"
+            since = previous.get(kind, {}).get("lastTransitionTime") if previous.get(kind, {}).get(
+                "status") == state else None
+            return {"type": kind, "status": state, "reason": reason, "message": message[:1024],
+                    "lastTransitionTime": since or status.timestamp(now)}
+
+        annotations = ((r.ca_secret or {}).get("metadata", {}).get("annotations") or {}) if r.ca else {}
+        phase = rotation.parse_state(annotations)
+        out: dict[str, Any] = {"rotationPhase": phase.phase.value or "Stable",
+                               "rotationSince": status.timestamp(phase.since) if phase.since else None}
+        if r.ca is None:
+            out["conditions"] = [condition("Ready", False, "CAInvalid", r.ca_error),
+                                 condition("Rotating", False, "Stable", "")]
+            return out
+        anchors = pki.load_chain(r.ca.bundle_pem)
+        out.update({
+            "issuer": r.ca.cert.subject.rfc4514_string(),
+            "issuerFingerprint": r.ca.fingerprint,
+            "issuerNotAfter": status.timestamp(r.ca.not_after),
+            "trustAnchorCount": len(anchors),
+            "trustAnchors": [{"subject": a.subject.rfc4514_string(), "fingerprint": pki.fingerprint(a),
+                              "notAfter": status.timestamp(a.not_valid_after_utc)} for a in anchors],
+            "conditions": [
+                condition("Ready", True, "CAValid", f"issuing from {r.ca.fingerprint[:16]}…"),
+                condition("Rotating", phase.phase is not rotation.Phase.STABLE, phase.phase.value or "Stable",
+                          f"root rotation phase {phase.phase.value}" if phase.phase.value else "no rotation under way"),
+            ],
+        })
+        return out
+
+    async def publish(self) -> None:
+        async with self._lock:
+            desired = self.desired()
+            if desired == self._written:
+                return
+            try:
+                try:
+                    await self.r.kube.patch_authority_status(self.name, desired)
+                except NotFound:
+                    s = self.r.settings
+                    with contextlib.suppress(Conflict):  # another replica made it first
+                        await self.r.kube.create_authority({
+                            "apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsAuthority",
+                            "metadata": {"name": self.name, "labels": {MANAGED_BY: MANAGED_BY_VALUE}},
+                            "spec": {"secretNamespace": s.ca_namespace, "secretName": s.ca_secret_name}})
+                    await self.r.kube.patch_authority_status(self.name, desired)
+            except ApiError as e:
+                log.warning("could not publish MtlsAuthority %s: %s", self.name, e)
+                return
+            self._written = desired
