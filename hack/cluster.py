@@ -165,7 +165,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, u
     path.chmod(0o600)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Child-side: ask the kernel to kill us when the launcher dies, so a crashed test run leaves no orphans."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -267,7 +267,7 @@ class LocalCluster:
         self.procs[name] = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
             start_new_session=True,  # a Ctrl-C on the terminal reaches us, and we stop them in order
-            preexec_fn=None if self.detached else _die_with_parent,
+            preexec_fn=None if self.detached else die_with_parent,
         )
 
     def _ssl(self) -> ssl.SSLContext:

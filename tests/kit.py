@@ -185,8 +185,10 @@ class OperatorProcess:
         args = [sys.executable, "-m", "mtls_operator", "run", "--ca-namespace", OPERATOR_NAMESPACE,
                 "--min-duration", "10s", "--metrics-port", str(self.metrics_port),
                 "--health-port", str(self.health_port), *self.extra_args, *more_args]
+        import cluster  # hack/cluster.py: the operator dies with the test run, as the control plane does
+
         self.proc = subprocess.Popen(args, env=env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
-                                     cwd=REPO)
+                                     cwd=REPO, preexec_fn=cluster.die_with_parent)
         wait_for("the operator's liveness endpoint", self.healthy, timeout=60)
         return self
 

@@ -32,6 +32,8 @@ class Settings:
     # The trust-bundle ConfigMap in every namespace holding identities (and these): "" turns it off.
     bundle_configmap: str = "mtls-trust-bundle"
     bundle_namespaces: tuple[str, ...] = ()
+    # A workload named in restartTargets is rolled at most this often (a burst of reissues rolls it once).
+    restart_min_interval: dt.timedelta = dt.timedelta(minutes=5)
     # Leaves reissued per second when the issuing CA changes (a rotation, a replaced CA): no storm on the API server.
     reissue_rate: float = 50.0
     trust_domain: str = "cluster.local"
@@ -88,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='name of the trust-bundle ConfigMap published per namespace ("" turns it off)')
     add("--bundle-namespace", dest="bundle_namespaces", action="append", default=None,
         help="also publish the trust bundle in this namespace (repeatable), or MTLS_BUNDLE_NAMESPACES=a,b")
+    add("--restart-min-interval", default=_env("restart-min-interval", format_duration(d.restart_min_interval)),
+        help="roll a workload named in restartTargets at most this often")
     add("--reissue-rate", type=float, default=float(_env("reissue-rate", str(d.reissue_rate))),
         help="leaves reissued per second when the issuing CA changes")
     add("--trust-domain", default=_env("trust-domain", d.trust_domain), help="SPIFFE trust domain")
@@ -132,6 +136,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         ca_grace=parse_duration(args.ca_grace),
         ca_stall=parse_duration(args.ca_stall),
         reissue_rate=max(0.1, args.reissue_rate),
+        restart_min_interval=parse_duration(args.restart_min_interval),
         bundle_configmap=args.bundle_configmap,
         bundle_namespaces=tuple(args.bundle_namespaces if args.bundle_namespaces is not None else
                                 [n.strip() for n in _env("bundle-namespaces", "").split(",") if n.strip()]),

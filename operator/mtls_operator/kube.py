@@ -133,6 +133,33 @@ class Kube:
         meta = body["metadata"]
         return await self._call("PUT", f"{self._secrets(meta['namespace'])}/{quote(meta['name'])}", body)
 
+    # ---- Workloads to roll (restartTargets) ----
+
+    @staticmethod
+    def _workload(namespace: str, kind: str, name: str) -> str:
+        plural = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}[kind]
+        return f"/apis/apps/v1/namespaces/{quote(namespace)}/{plural}/{quote(name)}"
+
+    async def get_workload(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", self._workload(namespace, kind, name))
+        except NotFound:
+            return None
+
+    async def annotate_pod_template(self, namespace: str, kind: str, name: str,
+                                    annotations: Mapping[str, str]) -> dict[str, Any]:
+        """A pod-template annotation change makes the workload controller roll its pods."""
+        patch = {"spec": {"template": {"metadata": {"annotations": dict(annotations)}}}}
+        return await self._call("PATCH", self._workload(namespace, kind, name), patch, "application/merge-patch+json")
+
+    # ---- ServiceAccounts ----
+
+    async def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts/{quote(name)}")
+        except NotFound:
+            return None
+
     # ---- ConfigMaps (trust bundles) ----
 
     async def create_configmap(self, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -139,6 +139,7 @@ class Reconciler:
         self._tasks: set[asyncio.Task] = set()
         self._failures: dict[Key, int] = {}
         self._conflicted: set[Key] = set()
+        self._roll_warned: dict[tuple[str, str, str, str], str] = {}
         self._blocked: set[Key] = set()  # identities whose last look ended in a refusal (policy, spec, conflict...)
         self._views: dict[Key, tuple[tuple[str, str], tlssecret.SecretView]] = {}
         self._specs: dict[Key, tuple[tuple[str, int], IdentitySpec | InvalidSpec]] = {}
@@ -225,10 +226,15 @@ class Reconciler:
                 if key[0] in touched:
                     self.trigger(key)
 
-    def _admission(self, spec: IdentitySpec) -> tuple[str, str] | None:
+    async def _admission(self, spec: IdentitySpec) -> tuple[str, str] | None:
         """Zero-trust checks before anything is issued: (reason, message) when the identity may not have its names."""
-        if self.settings.require_service_account and (spec.namespace, spec.service_account) not in \
-                self.service_accounts:
+        sa = (spec.namespace, spec.service_account)
+        # The account may be newer than our watch has shown (created just before the identity): ask once before
+        # refusing, rather than report a false ServiceAccountNotFound.
+        if (self.settings.require_service_account and sa not in self.service_accounts
+                and await self.kube.get_service_account(*sa) is not None):
+            self.service_accounts.add(sa)
+        if self.settings.require_service_account and sa not in self.service_accounts:
             return (status.Ready.SERVICE_ACCOUNT_NOT_FOUND,
                     f"ServiceAccount {spec.namespace}/{spec.service_account} does not exist; the SPIFFE ID "
                     f"{spec.spiffe_id} would name no workload")
@@ -373,7 +379,7 @@ class Reconciler:
             self.scheduler.cancel(key)
             await self._report_failure(body, status.Ready.INVALID_SPEC, str(spec))
             return
-        refused = self._admission(spec)
+        refused = await self._admission(spec)
         if refused:
             # Nothing is issued; a certificate already in the Secret stays (it is not renewed). The admission inputs
             # (ServiceAccounts, policies) are watched, so a fix triggers the next look.
@@ -430,6 +436,10 @@ class Reconciler:
                     view.resource_version))
 
         self._blocked.discard(key)
+        next_look = renewal
+        if spec.restart_targets:  # before the status: once it shows the new certificate, the roll is decided
+            retry = await self._roll_workloads(body, spec, cert, now)
+            next_look = min(x for x in (renewal, retry) if x) if (renewal or retry) else None
         desired = status.healthy(body.get("status") or {}, spec.secret_name, spec.spiffe_id, cert, renewal, revision,
                                  ca.fingerprint, body["metadata"].get("generation", 0), now)
         await self._set_status(key, body, desired)
@@ -437,9 +447,44 @@ class Reconciler:
         metrics.certificate_expiry.labels(*key).set(cert.not_valid_after_utc.timestamp())
         if renewal:
             metrics.certificate_renewal.labels(*key).set(renewal.timestamp())
-            self.scheduler.schedule(key, renewal)
+        if next_look:
+            self.scheduler.schedule(key, next_look)
         else:
             self.scheduler.cancel(key)
+
+    async def _roll_workloads(self, body: dict[str, Any], spec: IdentitySpec, cert: Any,
+                              now: dt.datetime) -> dt.datetime | None:
+        """Rolls each restart target whose pods do not have this certificate yet (level-triggered: the serial is
+        recorded in the pod template), at most once per restart_min_interval; returns when to come back for a roll
+        that had to wait. Pods restarting never feeds back into issuance, so this cannot loop."""
+        serial, retry = pki.serial_hex(cert), None
+        for kind, name in spec.restart_targets:
+            try:
+                workload = await self.kube.get_workload(spec.namespace, kind, name)
+                if workload is None:
+                    continue  # not created yet: its first pods mount the current Secret anyway
+                template = ((workload.get("spec") or {}).get("template") or {}).get("metadata") or {}
+                annotations = template.get("annotations") or {}
+                if annotations.get(tlssecret.ANN_ROLLED_SERIAL) == serial:
+                    continue
+                last = annotations.get(tlssecret.ANN_ROLLED_AT)
+                if last:
+                    rolled = dt.datetime.fromisoformat(last.replace("Z", "+00:00"))
+                    allowed = rolled + self.settings.restart_min_interval
+                    if now < allowed:
+                        retry = min(retry or allowed, allowed)
+                        continue
+                await self.kube.annotate_pod_template(spec.namespace, kind, name, {
+                    tlssecret.ANN_ROLLED_SERIAL: serial, tlssecret.ANN_ROLLED_AT: status.timestamp(now)})
+                self._event(body, KIND, "Normal", "WorkloadRolled",
+                            f"rolled {kind} {name} to pick up certificate {serial}")
+            except ApiError as e:
+                log.warning("could not roll %s %s/%s: %s", kind, spec.namespace, name, e)
+                key = (spec.namespace, spec.name, kind, name)
+                if self._roll_warned.get(key) != serial:  # once per certificate, not at every look
+                    self._roll_warned[key] = serial
+                    self._event(body, KIND, "Warning", "WorkloadRollFailed", f"could not roll {kind} {name}: {e}")
+        return retry
 
     async def _issue(self, body: dict[str, Any], spec: IdentitySpec, view: tlssecret.SecretView,
                      decision: plan.Decision, ca: ca_mod.CA):

@@ -66,6 +66,9 @@ class IdentitySpec:
     key: KeySpec
     secret_labels: Mapping[str, str]
     secret_annotations: Mapping[str, str]
+    # Workloads of the same namespace to roll (pod-template annotation) after each new certificate: for applications
+    # that cannot reload their files.
+    restart_targets: tuple[tuple[str, str], ...] = ()
 
     @functools.cached_property
     def shape_hash(self) -> str:
@@ -143,6 +146,25 @@ def _key_spec(raw: Any) -> KeySpec:
     return KeySpec(algorithm=algorithm, size=int(size), rotate=policy == "Always")
 
 
+RESTART_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+MAX_RESTART_TARGETS = 8
+
+
+def _restart_targets(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    raw = _get(spec, "restartTargets", [])
+    if not isinstance(raw, list) or len(raw) > MAX_RESTART_TARGETS:
+        raise InvalidSpec(f"spec.restartTargets must be a list of at most {MAX_RESTART_TARGETS} workloads")
+    out = []
+    for target in raw:
+        if not isinstance(target, Mapping) or target.get("kind") not in RESTART_KINDS:
+            raise InvalidSpec(f"spec.restartTargets entries need kind {', '.join(RESTART_KINDS)} and a name")
+        name = target.get("name")
+        if not isinstance(name, str) or len(name) > 253 or not DNS_NAME.match(name):
+            raise InvalidSpec(f"spec.restartTargets name {str(name)[:64]!r} is not a valid object name")
+        out.append((target["kind"], name))
+    return tuple(dict.fromkeys(out))
+
+
 def default_dns_names(service: str, namespace: str, cluster_domain: str) -> list[str]:
     """The names a Service of that name answers to. The bare single-label `<service>` is left out: RFC 5280 linters
     (pkilint) reject single-label dNSNames, and a client in another namespace cannot use it anyway; add it to
@@ -202,4 +224,5 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any] | None, settings: S
         duration=duration, renew_before=renew_before, key=_key_spec(spec.get("privateKey")),
         secret_labels=_string_map(template, "labels", 63),
         secret_annotations=_string_map(template, "annotations", 4096),
+        restart_targets=_restart_targets(spec),
     )

@@ -30,6 +30,9 @@ ANN_SPIFFE_ID = f"{GROUP}/spiffe-id"
 ANN_RENEW_HANDLED = f"{GROUP}/renew-handled"
 # Set on the MtlsIdentity by a user ("renew now"): any new value, e.g. a timestamp, triggers one reissue.
 ANN_RENEW_REQUEST = f"{GROUP}/renew"
+# On the pod template of a restartTargets workload: the certificate its pods were rolled for, and when.
+ANN_ROLLED_SERIAL = f"{GROUP}/rolled-for-serial"
+ANN_ROLLED_AT = f"{GROUP}/rolled-at"
 
 
 @dataclasses.dataclass(frozen=True)

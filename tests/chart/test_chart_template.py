@@ -101,7 +101,7 @@ def test_rbac_is_least_privilege(helm: Path) -> None:
         ("mtls-operator.io", "mtlsauthorities", "create"), ("mtls-operator.io", "mtlsauthorities/status", "patch"),
         ("", "secrets", "get"), ("", "secrets", "list"), ("", "secrets", "watch"), ("", "secrets", "create"),
         ("", "secrets", "update"),
-        ("", "serviceaccounts", "list"), ("", "serviceaccounts", "watch"),
+        ("", "serviceaccounts", "get"), ("", "serviceaccounts", "list"), ("", "serviceaccounts", "watch"),
         ("", "configmaps", "list"), ("", "configmaps", "watch"), ("", "configmaps", "create"),
         ("", "configmaps", "update"),
         ("", "events", "create"),
@@ -156,3 +156,11 @@ def test_service_monitor_is_optional(helm: Path) -> None:
 ])
 def test_schema_rejects_bad_values(helm: Path, bad: str, fragment: str) -> None:
     assert fragment in render_error(helm, bad)
+
+
+def test_restart_targets_rbac_only_when_enabled(helm: Path) -> None:
+    def apps_rules(docs):
+        return [r for r in _rules(docs, "ClusterRole") + _rules(docs, "Role") if r["apiGroups"] == ["apps"]]
+    assert apps_rules(render(helm)) == []
+    rules = apps_rules(render(helm, "restartTargets.enabled=true"))
+    assert rules and all(set(r["verbs"]) == {"get", "patch"} for r in rules)

@@ -170,3 +170,34 @@ def _reconciles(operator: OperatorProcess) -> float:
     """How many reconciles the operator has finished (its own metric)."""
     m = re.search(r"^mtls_operator_reconcile_duration_seconds_count ([0-9.e+]+)$", operator.metrics(), re.M)
     return float(m.group(1)) if m else 0.0
+
+
+def test_restart_targets_are_rolled_once_per_certificate_and_rate_limited(api: Api, operator: OperatorProcess,
+                                                                          ns: str) -> None:
+    import kubernetes
+
+    apps = kubernetes.client.AppsV1Api(api.client)
+    apps.create_namespaced_deployment(ns, {
+        "metadata": {"name": "legacy"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "legacy"}}, "template": {
+            "metadata": {"labels": {"app": "legacy"}},
+            "spec": {"containers": [{"name": "app", "image": "legacy:1"}]}}}})
+
+    def rolled_for() -> dict:
+        dep = apps.read_namespaced_deployment("legacy", ns)
+        return dep.spec.template.metadata.annotations or {}
+
+    api.create_identity(ns, "legacy", {"restartTargets": [{"kind": "Deployment", "name": "legacy"},
+                                                         {"kind": "StatefulSet", "name": "not-there-yet"}]})
+    serial = api.wait_ready(ns, "legacy")["status"]["serialNumber"]
+    wait_for("the Deployment rolled for the certificate",
+             lambda: rolled_for().get("mtls-operator.io/rolled-for-serial") == serial)
+    api.wait_event(ns, "legacy", lambda e: e.reason == "WorkloadRolled")
+    first_roll = rolled_for()["mtls-operator.io/rolled-at"]
+
+    # A second certificate right away: the roll waits out the operator's minimum interval (5 minutes by default)
+    # instead of restarting the pods again; the schedule holds it, nothing is lost.
+    api.patch_identity(ns, "legacy", {"metadata": {"annotations": {"mtls-operator.io/renew": "again"}}})
+    wait_for("the renewal", lambda: (o := api.ready(ns, "legacy")) and o["status"]["serialNumber"] != serial)
+    assert rolled_for()["mtls-operator.io/rolled-at"] == first_roll
+    assert rolled_for()["mtls-operator.io/rolled-for-serial"] == serial

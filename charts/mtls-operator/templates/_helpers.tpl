@@ -40,10 +40,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["list", "watch", "create", "update"]
-# An identity's ServiceAccount must exist before it gets a certificate.
+# An identity's ServiceAccount must exist before it gets a certificate (get: one that the watch has not shown yet).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
+{{- if .Values.restartTargets.enabled }}
+# restartTargets: read a workload's pod template and annotate it to roll its pods onto a new certificate.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "patch"]
+{{- end }}
 # Events for issuance, renewal and every failure.
 - apiGroups: [""]
   resources: ["events"]
