@@ -19,6 +19,7 @@ from . import pki
 from .config import Settings
 
 ROOT_COMMON_NAME = "mtls-operator root CA"
+INTERMEDIATE_COMMON_NAME = "mtls-operator issuing CA"
 
 
 class CAError(ValueError):
@@ -115,3 +116,15 @@ def new_root(settings: Settings, now: dt.datetime) -> dict[str, bytes]:
     stamp = now.strftime("%Y-%m-%dT%H:%MZ")
     cert = pki.self_signed_ca(key, f"{ROOT_COMMON_NAME} {stamp}", settings.trust_domain, now, settings.ca_lifetime)
     return {"tls.crt": pki.to_pem(cert), "tls.key": pki.key_to_pem(key), "ca.crt": pki.to_pem(cert)}
+
+
+def new_intermediate(root_data: Mapping[str, bytes], settings: Settings, now: dt.datetime) -> dict[str, bytes]:
+    """Data for an issuing-CA Secret under the operator's root: tls.crt (the intermediate), tls.key, and ca.crt (the
+    root's bundle, what peers trust)."""
+    root = load(root_data, now)
+    algorithm, _, size = settings.ca_key.partition("-")
+    key = pki.generate_key(algorithm, int(size or 0))
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    cert = pki.intermediate_ca(key.public_key(), root.cert, root.key, f"{INTERMEDIATE_COMMON_NAME} {stamp}",
+                               settings.trust_domain, now, settings.intermediate_lifetime)
+    return {"tls.crt": pki.to_pem(cert), "tls.key": pki.key_to_pem(key), "ca.crt": root.bundle_pem}

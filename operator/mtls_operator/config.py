@@ -21,6 +21,10 @@ class Settings:
     ca_secret_name: str = "mtls-operator-ca"
     ca_namespace: str = "mtls-operator"
     ca_key: str = "ECDSA-256"
+    # "root": leaves are issued by the root itself. "intermediate": by an intermediate the operator signs with a root
+    # kept in <ca_secret_name>-root, rotated (with no change to what peers trust) a third of its lifetime early.
+    ca_mode: str = "root"
+    intermediate_lifetime: dt.timedelta = dt.timedelta(days=90)
     ca_lifetime: dt.timedelta = dt.timedelta(days=3650)
     # Root rotation (roots the operator created): start this long before expiry; wait this long with both roots in
     # every bundle before issuing from the new one (at least a kubelet sync period plus its cache); keep the old root
@@ -76,6 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ca-secret-name", default=_env("ca-secret-name", d.ca_secret_name), help="Secret holding the root CA")
     add("--ca-namespace", default=_env("ca-namespace", pod_namespace), help="namespace of the CA Secret")
     add("--ca-key", default=_env("ca-key", d.ca_key), choices=KEY_CHOICES, help="key type of a bootstrapped root")
+    add("--ca-mode", default=_env("ca-mode", d.ca_mode), choices=("root", "intermediate"),
+        help="issue leaves from the self-made root, or from an intermediate under it")
+    add("--intermediate-lifetime", default=_env("intermediate-lifetime", format_duration(d.intermediate_lifetime)),
+        help="lifetime of an operator-made intermediate (with --ca-mode intermediate)")
     add("--ca-lifetime", default=_env("ca-lifetime", format_duration(d.ca_lifetime)),
         help="lifetime of a bootstrapped root")
     add("--ca-rotate-before", default=_env("ca-rotate-before", format_duration(d.ca_rotate_before)),
@@ -130,6 +138,8 @@ def from_args(args: argparse.Namespace) -> Settings:
         ca_secret_name=args.ca_secret_name,
         ca_namespace=args.ca_namespace,
         ca_key=args.ca_key,
+        ca_mode=args.ca_mode,
+        intermediate_lifetime=parse_duration(args.intermediate_lifetime),
         ca_lifetime=parse_duration(args.ca_lifetime),
         ca_rotate_before=parse_duration(args.ca_rotate_before),
         ca_propagation=parse_duration(args.ca_propagation),

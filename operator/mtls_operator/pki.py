@@ -178,6 +178,32 @@ def self_signed_ca(key: PrivateKey, common_name: str, organization: str, now: dt
     return _sign(builder, key)
 
 
+def intermediate_ca(public_key: PublicKey, root: x509.Certificate, root_key: PrivateKey, common_name: str,
+                    organization: str, now: dt.datetime, lifetime: dt.timedelta) -> x509.Certificate:
+    """An issuing CA under the root: pathLen 0 (it signs leaves only), never outliving the root. With it, the root key
+    is used only to sign intermediates, and a new intermediate changes nothing that peers trust."""
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    ])
+    root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(root.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(max(now - dt.timedelta(minutes=5), root.not_valid_before_utc))
+        .not_valid_after(min(now + lifetime, root.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False)
+    )
+    return _sign(builder, root_key)
+
+
 @dataclasses.dataclass(frozen=True)
 class LeafRequest:
     spiffe_id: str

@@ -259,24 +259,39 @@ class Reconciler:
     # ---- the CA ----
 
     async def bootstrap_ca(self) -> None:
-        """Loads the CA Secret, creating a self-signed root first if there is none. Create-if-absent: of two operators
-        starting together, one POST wins and the other reads the winner's root."""
+        """Loads the CA Secret, creating it first if there is none: a self-signed root, or (--ca-mode intermediate)
+        an intermediate signed by a root kept in <name>-root. Create-if-absent: of two operators starting together,
+        one POST wins and the other reads the winner's."""
         s = self.settings
         body = await self.kube.get_secret(s.ca_namespace, s.ca_secret_name)
         if body is None:
-            data = ca_mod.new_root(s, self.clock())
-            new = {
-                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                "metadata": {"name": s.ca_secret_name, "namespace": s.ca_namespace,
-                             "labels": {"app.kubernetes.io/name": "mtls-operator", "mtls-operator.io/ca": "root"}},
-                "data": {k: _b64(v) for k, v in data.items()},
-            }
-            try:
-                body = await self.kube.create_secret(new)
-                log.info("created a self-signed root CA in Secret %s/%s", s.ca_namespace, s.ca_secret_name)
-            except Conflict:
-                body = await self.kube.get_secret(s.ca_namespace, s.ca_secret_name)
+            if s.ca_mode == "intermediate":
+                root = await self._create_if_absent(f"{s.ca_secret_name}-root", "root",
+                                                    lambda: ca_mod.new_root(s, self.clock()))
+                root_data = _decode_data(root)
+                body = await self._create_if_absent(s.ca_secret_name, "intermediate",
+                                                    lambda: ca_mod.new_intermediate(root_data, s, self.clock()))
+            else:
+                body = await self._create_if_absent(s.ca_secret_name, "root", lambda: ca_mod.new_root(s, self.clock()))
         await self.ca_changed(body, startup=True)
+
+    async def _create_if_absent(self, name: str, role: str, make) -> dict[str, Any]:
+        s = self.settings
+        existing = await self.kube.get_secret(s.ca_namespace, name)
+        if existing is not None:
+            return existing
+        new = {
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": s.ca_namespace,
+                         "labels": {"app.kubernetes.io/name": "mtls-operator", rotation.MANAGED_LABEL: role}},
+            "data": {k: _b64(v) for k, v in make().items()},
+        }
+        try:
+            created = await self.kube.create_secret(new)
+            log.info("created the %s CA in Secret %s/%s", role, s.ca_namespace, name)
+            return created
+        except Conflict:
+            return await self.kube.get_secret(s.ca_namespace, name) or {}
 
     def start_ca_watch(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.settings

@@ -56,36 +56,82 @@ class RootRotator:
             if body is None or authority is None:
                 return
             meta = body.get("metadata", {})
-            if (meta.get("labels") or {}).get(rotation.MANAGED_LABEL) != "root":
+            role = (meta.get("labels") or {}).get(rotation.MANAGED_LABEL)
+            if role == "intermediate":
+                written = await self._rotate_intermediate(body, authority)
+                if written is None:
+                    return
+            elif role != "root":
                 return  # brought in: the enterprise rotates it
-            state = rotation.parse_state(meta.get("annotations") or {})
-            metrics.ca_rotation_phase.set(PHASE_NUMBER[state.phase])
-            now = self.r.clock()
-            progress = self.progress(authority) if rotation.needs_progress(state) else rotation.Progress(0, 0)
-            step, wake = rotation.next_step(state, authority.not_after, now, self.timing, progress)
-            if wake is not None:
-                self.r.scheduler.schedule(KEY, wake)
-            if step is None:
-                return
-            try:
-                written = await self.r.kube.replace_secret(self._apply(step, body, state, now))
-            except Conflict:
-                self.r.scheduler.schedule(KEY, now + dt.timedelta(seconds=1))  # changed meanwhile: look again
-                return
-            message = {
-                rotation.Step.START: "rotation started: the next root is published next to the current one",
-                rotation.Step.PROMOTE: "rotation: issuing from the new root; leaves are being reissued",
-                rotation.Step.RETIRE: "rotation: every leaf is issued by the new root; grace period before the old "
-                                      "root is dropped",
-                rotation.Step.FINISH: "rotation finished: bundles hold the new root only",
-            }[step]
-            if step in (rotation.Step.PROMOTE, rotation.Step.RETIRE) and (progress.stale_bundle or progress.old_issuer):
-                message += (f" (moved on after {self.timing.stall}: {progress.stale_bundle} Secrets with an old bundle,"
-                            f" {progress.old_issuer} with a certificate from the old root)")
-            log.info("CA %s", message)
-            self.r._event(written, "Secret", "Normal", f"Rotation{step.value.capitalize()}", message)
+            else:
+                written = await self._rotate_root(body, authority, meta)
+                if written is None:
+                    return
         # Load it now (the watch brings it again, harmlessly): bundles and issuer move on, the next step is looked at.
         await self.r.ca_changed(written)
+
+    async def _rotate_intermediate(self, body: dict[str, Any], authority: ca_mod.CA) -> dict[str, Any] | None:
+        """An operator-made intermediate is replaced a third of its lifetime early, or when asked: a new one from the
+        same root. Peers trust the root, so nothing needs to propagate first; leaves move over at --reissue-rate."""
+        annotations = body["metadata"].get("annotations") or {}
+        state = rotation.parse_state(annotations)
+        now = self.r.clock()
+        lifetime = authority.cert.not_valid_after_utc - authority.cert.not_valid_before_utc
+        due = authority.not_after - lifetime / 3
+        if now < due and not (state.request and state.request != state.handled):
+            self.r.scheduler.schedule(KEY, due)
+            return None
+        s = self.r.settings
+        root = await self.r.kube.get_secret(s.ca_namespace, f"{s.ca_secret_name}-root")
+        if root is None:
+            log.error("cannot renew the intermediate: root Secret %s/%s-root is missing", s.ca_namespace,
+                      s.ca_secret_name)
+            return None
+        root_data = {k: base64.b64decode(v) for k, v in (root.get("data") or {}).items()}
+        fresh = ca_mod.new_intermediate(root_data, s, now)
+        meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+        meta["annotations"] = {**annotations, rotation.ANN_HANDLED: state.request} if state.request else annotations
+        data = {**(body.get("data") or {}), **{k: base64.b64encode(v).decode() for k, v in fresh.items()}}
+        try:
+            written = await self.r.kube.replace_secret({**body, "metadata": meta, "data": data})
+        except Conflict:
+            self.r.scheduler.schedule(KEY, now + dt.timedelta(seconds=1))
+            return None
+        log.info("CA intermediate renewed from the same root; leaves move over")
+        self.r._event(written, "Secret", "Normal", "IntermediateRenewed",
+                      "a new intermediate from the same root; leaves are being reissued")
+        return written
+
+    async def _rotate_root(self, body: dict[str, Any], authority: ca_mod.CA,
+                           meta: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A root the operator made: one step of the overlap rotation in rotation.py, when it is due."""
+        state = rotation.parse_state(meta.get("annotations") or {})
+        metrics.ca_rotation_phase.set(PHASE_NUMBER[state.phase])
+        now = self.r.clock()
+        progress = self.progress(authority) if rotation.needs_progress(state) else rotation.Progress(0, 0)
+        step, wake = rotation.next_step(state, authority.not_after, now, self.timing, progress)
+        if wake is not None:
+            self.r.scheduler.schedule(KEY, wake)
+        if step is None:
+            return None
+        try:
+            written = await self.r.kube.replace_secret(self._apply(step, body, state, now))
+        except Conflict:
+            self.r.scheduler.schedule(KEY, now + dt.timedelta(seconds=1))  # changed meanwhile: look again
+            return None
+        message = {
+            rotation.Step.START: "rotation started: the next root is published next to the current one",
+            rotation.Step.PROMOTE: "rotation: issuing from the new root; leaves are being reissued",
+            rotation.Step.RETIRE: "rotation: every leaf is issued by the new root; grace period before the old "
+                                  "root is dropped",
+            rotation.Step.FINISH: "rotation finished: bundles hold the new root only",
+        }[step]
+        if step in (rotation.Step.PROMOTE, rotation.Step.RETIRE) and (progress.stale_bundle or progress.old_issuer):
+            message += (f" (moved on after {self.timing.stall}: {progress.stale_bundle} Secrets with an old bundle,"
+                        f" {progress.old_issuer} with a certificate from the old root)")
+        log.info("CA %s", message)
+        self.r._event(written, "Secret", "Normal", f"Rotation{step.value.capitalize()}", message)
+        return written
 
     def _apply(self, step: rotation.Step, body: Mapping[str, Any], state: rotation.State,
                now: dt.datetime) -> dict[str, Any]:

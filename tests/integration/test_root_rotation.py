@@ -18,7 +18,8 @@ import pytest
 from cryptography import x509
 
 from mtls_operator import pki, rotation, workload
-from tests.kit import OPERATOR_NAMESPACE, Api, OperatorProcess, secret_files, swap_volume, wait_for
+from tests import tlskit
+from tests.kit import OPERATOR_NAMESPACE, Api, OperatorProcess, secret_files, swap_volume, wait_for, write_identity_dir
 
 pytestmark = pytest.mark.local_operator
 SHORT = {"duration": "24s", "renewBefore": "16s"}  # leaves renew about every 8 s
@@ -217,3 +218,37 @@ def test_rotation_killed_in_each_phase_resumes_and_completes(api: Api, operator:
             files = secret_files(api.secret(ns, f"{name}-mtls"))
             assert pki.issued_by(pki.load_chain(files["tls.crt"])[0], roots[0]), (name, obj["status"])
             assert pki.load_chain(files["ca.crt"]) == roots
+
+
+@pytest.mark.timeout(180)
+def test_operator_made_intermediate_issues_and_renews_without_changing_trust(api: Api, operator: OperatorProcess,
+                                                                             ns: str, tmp_path: Path) -> None:
+    secret = "inter-ca"
+    with rotating_operator(operator, secret, ns, "--ca-mode", "intermediate"):
+        wait_for("the issuing intermediate", lambda: api.secret(OPERATOR_NAMESPACE, secret))
+        root = pki.load_chain(secret_files(api.secret(OPERATOR_NAMESPACE, f"{secret}-root"))["tls.crt"])[0]
+        api.create_identity(ns, "srv", {"usages": ["server"]})
+        api.create_identity(ns, "cli", {"usages": ["client"]})
+        for name in ("srv", "cli"):
+            api.wait_ready(ns, name)
+        files = secret_files(api.secret(ns, "srv-mtls"))
+        chain = pki.load_chain(files["tls.crt"])
+        assert len(chain) == 2 and pki.issued_by(chain[1], root) and pki.load_chain(files["ca.crt"]) == [root]
+        old_client = write_identity_dir(api.secret(ns, "cli-mtls"), tmp_path / "cli-old")
+        first_intermediate = chain[1]
+
+        _request_rotation(api, secret)  # a new intermediate, same root
+        wait_for("leaves from the new intermediate", lambda: all(
+            pki.load_chain(secret_files(api.secret(ns, f"{n}-mtls"))["tls.crt"])[1] != first_intermediate
+            and api.ready(ns, n) for n in ("srv", "cli")), timeout=60)
+        files = secret_files(api.secret(ns, "srv-mtls"))
+        assert pki.load_chain(files["ca.crt"]) == [root]  # nothing peers trust changed
+        new_server = write_identity_dir(api.secret(ns, "srv-mtls"), tmp_path / "srv-new")
+        # A client still on a leaf from the old intermediate talks to a server on the new one, and the reverse.
+        s, c = tlskit.exchange(workload.server_context(new_server), workload.client_context(old_client),
+                               f"srv.{ns}.svc")
+        assert s.ok and c.ok, (s, c)
+        new_client = write_identity_dir(api.secret(ns, "cli-mtls"), tmp_path / "cli-new")
+        s, c = tlskit.exchange(workload.server_context(new_server), workload.client_context(new_client),
+                               f"srv.{ns}.svc")
+        assert s.ok and c.ok, (s, c)

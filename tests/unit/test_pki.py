@@ -162,3 +162,20 @@ def test_key_material_never_appears_in_errors() -> None:
         ca_mod.load(broken, NOW)
     body = data["tls.key"].split(b"\n")[1].decode()
     assert body[:16] not in str(err.value)
+
+
+def test_operator_made_intermediate_profile(settings) -> None:
+    root_data = ca_mod.new_root(settings, NOW)
+    inter = ca_mod.load(ca_mod.new_intermediate(root_data, dataclasses.replace(
+        settings, intermediate_lifetime=dt.timedelta(days=90)), NOW), NOW)
+    root = pki.load_chain(root_data["tls.crt"])[0]
+    assert pki.issued_by(inter.cert, root)
+    bc = ext(inter.cert, x509.BasicConstraints)
+    assert bc.critical and bc.value.ca and bc.value.path_length == 0
+    assert ext(inter.cert, x509.KeyUsage).value.key_cert_sign
+    assert inter.bundle_pem == root_data["tls.crt"]  # peers trust the root
+    assert inter.chain == (inter.cert,)  # leaves carry the intermediate
+    assert inter.not_after == NOW + dt.timedelta(days=90)
+    short_root = ca_mod.new_root(dataclasses.replace(settings, ca_lifetime=dt.timedelta(days=10)), NOW)
+    capped = ca_mod.load(ca_mod.new_intermediate(short_root, settings, NOW), NOW)
+    assert capped.not_after == pki.load_chain(short_root["tls.crt"])[0].not_valid_after_utc
