@@ -26,6 +26,9 @@ ANN_PHASE = f"{GROUP}/rotation-phase"
 ANN_SINCE = f"{GROUP}/rotation-since"
 ANN_REQUEST = f"{GROUP}/rotate"  # set by a user on the CA Secret: any new value asks for one rotation
 ANN_HANDLED = f"{GROUP}/rotate-handled"
+# With an operator-made intermediate, ANN_REQUEST renews the intermediate; these ask for a rotation of the root.
+ANN_ROOT_REQUEST = f"{GROUP}/rotate-root"
+ANN_ROOT_HANDLED = f"{GROUP}/rotate-root-handled"
 MANAGED_LABEL = f"{GROUP}/ca"  # "root" on a root the operator created (and may therefore rotate)
 
 
@@ -49,6 +52,7 @@ class State:
     since: dt.datetime | None
     request: str
     handled: str
+    handled_key: str = ANN_HANDLED  # where a started rotation records the request it answered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +73,8 @@ class Progress:
     old_issuer: int  # Secrets whose certificate the current issuer did not sign
 
 
-def parse_state(annotations: Mapping[str, str]) -> State:
+def parse_state(annotations: Mapping[str, str], request_key: str = ANN_REQUEST,
+                handled_key: str = ANN_HANDLED) -> State:
     try:
         phase = Phase(annotations.get(ANN_PHASE, ""))
     except ValueError:
@@ -80,7 +85,7 @@ def parse_state(annotations: Mapping[str, str]) -> State:
             since = dt.datetime.fromisoformat(annotations[ANN_SINCE].replace("Z", "+00:00"))
         except ValueError:
             since = None
-    return State(phase, since, annotations.get(ANN_REQUEST, ""), annotations.get(ANN_HANDLED, ""))
+    return State(phase, since, annotations.get(request_key, ""), annotations.get(handled_key, ""), handled_key)
 
 
 def needs_progress(state: State) -> bool:

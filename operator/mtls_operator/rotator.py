@@ -58,7 +58,9 @@ class RootRotator:
             meta = body.get("metadata", {})
             role = (meta.get("labels") or {}).get(rotation.MANAGED_LABEL)
             if role == "intermediate":
-                written = await self._rotate_intermediate(body, authority)
+                written = await self._rotate_root_above_intermediate(body, authority)
+                if written is None:
+                    written = await self._rotate_intermediate(body, authority)
                 if written is None:
                     return
             elif role != "root":
@@ -70,10 +72,69 @@ class RootRotator:
         # Load it now (the watch brings it again, harmlessly): bundles and issuer move on, the next step is looked at.
         await self.r.ca_changed(written)
 
+    def _root_secret_name(self) -> str:
+        return f"{self.r.settings.ca_secret_name}-root"
+
+    async def _rotate_root_above_intermediate(self, body: dict[str, Any],
+                                              authority: ca_mod.CA) -> dict[str, Any] | None:
+        """The same overlap rotation for the root behind an operator-made intermediate: the phase is kept on the issuing
+        Secret (whose ca.crt is the bundle), the roots in the root Secret, and PROMOTE also makes a new intermediate
+        under the new root. Every step is safe to repeat, so a kill between the two Secrets' writes only repeats it."""
+        s = self.r.settings
+        state = rotation.parse_state(body["metadata"].get("annotations") or {}, rotation.ANN_ROOT_REQUEST,
+                                     rotation.ANN_ROOT_HANDLED)
+        metrics.ca_rotation_phase.set(PHASE_NUMBER[state.phase])
+        root_body = await self.r.kube.get_secret(s.ca_namespace, self._root_secret_name())
+        if root_body is None:
+            return None
+        root_data = {k: base64.b64decode(v) for k, v in (root_body.get("data") or {}).items()}
+        root = pki.load_chain(root_data["tls.crt"])[0]
+        now = self.r.clock()
+        progress = self.progress(authority) if rotation.needs_progress(state) else rotation.Progress(0, 0)
+        step, wake = rotation.next_step(state, root.not_valid_after_utc, now, self.timing, progress)
+        if wake is not None:
+            self.r.scheduler.schedule(KEY, wake)
+        if step is None:
+            return None
+
+        def b64(raw: bytes) -> str:
+            return base64.b64encode(raw).decode()
+
+        extra: dict[str, Any] = {}
+        if step is rotation.Step.START:
+            if "next.crt" not in root_data:
+                fresh = ca_mod.new_root(s, now)
+                root_body["data"] = {**root_body["data"], "next.crt": b64(fresh["tls.crt"]),
+                                     "next.key": b64(fresh["tls.key"])}
+                root_body = await self.r.kube.replace_secret(root_body)
+                root_data = {**root_data, "next.crt": fresh["tls.crt"], "next.key": fresh["tls.key"]}
+            extra["next_root"] = root_data["next.crt"]
+        elif step is rotation.Step.PROMOTE:
+            if "next.crt" in root_data:
+                promoted = {"tls.crt": root_data["next.crt"], "tls.key": root_data["next.key"],
+                            "ca.crt": root_data["next.crt"]}
+                root_body["data"] = {k: b64(v) for k, v in promoted.items()}
+                root_body = await self.r.kube.replace_secret(root_body)
+                root_data = promoted
+            extra["issuing"] = ca_mod.new_intermediate(root_data, s, now)
+        elif step is rotation.Step.FINISH:
+            extra["final_root"] = root_data["tls.crt"]
+        try:
+            written = await self.r.kube.replace_secret(self._apply(step, body, state, now, **extra))
+        except Conflict:
+            self.r.scheduler.schedule(KEY, now + dt.timedelta(seconds=1))
+            return None
+        log.info("CA root rotation (behind the intermediate): %s", step.value)
+        self.r._event(written, "Secret", "Normal", f"RootRotation{step.value.capitalize()}",
+                      f"root rotation behind the intermediate: {step.value}")
+        return written
+
     async def _rotate_intermediate(self, body: dict[str, Any], authority: ca_mod.CA) -> dict[str, Any] | None:
         """An operator-made intermediate is replaced a third of its lifetime early, or when asked: a new one from the
         same root. Peers trust the root, so nothing needs to propagate first; leaves move over at --reissue-rate."""
         annotations = body["metadata"].get("annotations") or {}
+        if rotation.parse_state(annotations).phase is not rotation.Phase.STABLE:
+            return None  # the root is being rotated: the intermediate moves with it
         state = rotation.parse_state(annotations)
         now = self.r.clock()
         lifetime = authority.cert.not_valid_after_utc - authority.cert.not_valid_before_utc
@@ -82,7 +143,7 @@ class RootRotator:
             self.r.scheduler.schedule(KEY, due)
             return None
         s = self.r.settings
-        root = await self.r.kube.get_secret(s.ca_namespace, f"{s.ca_secret_name}-root")
+        root = await self.r.kube.get_secret(s.ca_namespace, self._root_secret_name())
         if root is None:
             log.error("cannot renew the intermediate: root Secret %s/%s-root is missing", s.ca_namespace,
                       s.ca_secret_name)
@@ -133,9 +194,12 @@ class RootRotator:
         self.r._event(written, "Secret", "Normal", f"Rotation{step.value.capitalize()}", message)
         return written
 
-    def _apply(self, step: rotation.Step, body: Mapping[str, Any], state: rotation.State,
-               now: dt.datetime) -> dict[str, Any]:
-        """The CA Secret after one step (a full replace carrying resourceVersion)."""
+    def _apply(self, step: rotation.Step, body: Mapping[str, Any], state: rotation.State, now: dt.datetime, *,
+               next_root: bytes = b"", issuing: Mapping[str, bytes] | None = None,
+               final_root: bytes = b"") -> dict[str, Any]:
+        """The CA Secret after one step (a full replace carrying resourceVersion). With an operator-made intermediate,
+        the roots live in the root Secret: the caller passes the next root (START), the new intermediate (PROMOTE) and
+        the root that remains (FINISH)."""
         data = dict(body.get("data") or {})
         meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
         annotations = dict(meta.get("annotations") or {})
@@ -149,15 +213,20 @@ class RootRotator:
         phase = {rotation.Step.START: rotation.Phase.PROPAGATING, rotation.Step.PROMOTE: rotation.Phase.REISSUING,
                  rotation.Step.RETIRE: rotation.Phase.RETIRING, rotation.Step.FINISH: rotation.Phase.STABLE}[step]
         if step is rotation.Step.START:
-            fresh = ca_mod.new_root(self.r.settings, now)
             current_bundle = pem("ca.crt") or pem("tls.crt")
-            data["next.crt"], data["next.key"] = b64(fresh["tls.crt"]), b64(fresh["tls.key"])
-            data["ca.crt"] = b64(current_bundle + fresh["tls.crt"])
-            annotations[rotation.ANN_HANDLED] = state.request
+            if not next_root:
+                fresh = ca_mod.new_root(self.r.settings, now)
+                data["next.crt"], data["next.key"] = b64(fresh["tls.crt"]), b64(fresh["tls.key"])
+                next_root = fresh["tls.crt"]
+            data["ca.crt"] = b64(current_bundle + next_root)
+            annotations[state.handled_key] = state.request
         elif step is rotation.Step.PROMOTE:
-            data["tls.crt"], data["tls.key"] = data.pop("next.crt"), data.pop("next.key")
+            if issuing is not None:
+                data["tls.crt"], data["tls.key"] = b64(issuing["tls.crt"]), b64(issuing["tls.key"])
+            else:
+                data["tls.crt"], data["tls.key"] = data.pop("next.crt"), data.pop("next.key")
         elif step is rotation.Step.FINISH:
-            data["ca.crt"] = b64(pki.to_pem(pki.load_chain(pem("tls.crt"))[-1]))
+            data["ca.crt"] = b64(final_root or pki.to_pem(pki.load_chain(pem("tls.crt"))[-1]))
         if phase is rotation.Phase.STABLE:
             annotations.pop(rotation.ANN_PHASE, None)
             annotations.pop(rotation.ANN_SINCE, None)

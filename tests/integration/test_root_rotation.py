@@ -122,9 +122,9 @@ def _phase(api: Api, name: str) -> str:
     return ((secret.metadata.annotations or {}).get(rotation.ANN_PHASE, "")) if secret else "?"
 
 
-def _request_rotation(api: Api, name: str) -> None:
+def _request_rotation(api: Api, name: str, key: str = rotation.ANN_REQUEST) -> None:
     api.core.patch_namespaced_secret(name, OPERATOR_NAMESPACE, {"metadata": {"annotations": {
-        rotation.ANN_REQUEST: dt.datetime.now(dt.UTC).isoformat()}}})
+        key: dt.datetime.now(dt.UTC).isoformat()}}})
 
 
 def _authority(api: Api, secret: str) -> dict | None:
@@ -144,11 +144,14 @@ def _roots(api: Api, name: str) -> list:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["root", "intermediate"])
 def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: OperatorProcess, ns: str,
-                                                      tmp_path: Path) -> None:
-    with rotating_operator(operator, "rot-ca", ns):
-        wait_for("the managed root", lambda: api.secret(OPERATOR_NAMESPACE, "rot-ca"))
-        old_root = _roots(api, "rot-ca")[0]
+                                                      tmp_path: Path, mode: str) -> None:
+    ca = f"rot-{mode}-ca"
+    request = rotation.ANN_REQUEST if mode == "root" else rotation.ANN_ROOT_REQUEST
+    with rotating_operator(operator, ca, ns, "--ca-mode", mode):
+        wait_for("the managed CA", lambda: api.secret(OPERATOR_NAMESPACE, ca))
+        old_root = _roots(api, ca)[0]
         api.create_identity(ns, "svc", {"usages": ["server"], **SHORT})
         api.create_identity(ns, "cli", {"usages": ["client"], **SHORT})
         api.wait_ready(ns, "svc")
@@ -158,24 +161,25 @@ def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: Operat
         try:
             wait_for("a leaf rotation under traffic", lambda: api.identity(ns, "svc")["status"]["revision"] >= 2,
                      timeout=30)
-            _request_rotation(api, "rot-ca")
-            wait_for("the rotation to start", lambda: _phase(api, "rot-ca") != "", timeout=20)
+            _request_rotation(api, ca, request)
+            wait_for("the rotation to start", lambda: _phase(api, ca) != "", timeout=20)
             seen = wait_for("the cluster-level MtlsAuthority to show the rotation",
-                            lambda: (a := _authority(api, "rot-ca")) and _condition(a, "Rotating") == "True" and a)
+                            lambda: (a := _authority(api, ca)) and _condition(a, "Rotating") == "True" and a)
             assert seen["status"]["trustAnchorCount"] == 2  # old and new, side by side
-            wait_for("the rotation to finish", lambda: _phase(api, "rot-ca") == "", timeout=90)
-            new_root = _roots(api, "rot-ca")
+            wait_for("the rotation to finish", lambda: _phase(api, ca) == "", timeout=90)
+            new_root = _roots(api, ca)
             assert len(new_root) == 1 and new_root[0] != old_root
             for name in ("svc", "cli"):
                 files = secret_files(api.secret(ns, f"{name}-mtls"))
-                assert pki.issued_by(pki.load_chain(files["tls.crt"])[0], new_root[0]), name
+                chain = pki.load_chain(files["tls.crt"])  # leaf (and the intermediate): it must end at the new root
+                assert pki.issued_by(chain[-1], new_root[0]), name
                 assert pki.load_chain(files["ca.crt"]) == new_root, name
             wait_for("the namespace's trust bundle to hold the new root only", lambda: pki.load_chain(
                 api.core.read_namespaced_config_map("mtls-trust-bundle", ns).data["ca.crt"].encode()) == new_root)
-            done = wait_for("the MtlsAuthority to settle", lambda: (a := _authority(api, "rot-ca"))
+            done = wait_for("the MtlsAuthority to settle", lambda: (a := _authority(api, ca))
                             and _condition(a, "Rotating") == "False" and a["status"]["trustAnchorCount"] == 1 and a)
             assert _condition(done, "Ready") == "True" and done["status"]["rotationPhase"] == "Stable"
-            assert done["status"]["issuerFingerprint"] == pki.fingerprint(new_root[0])
+            assert done["status"]["trustAnchors"][0]["fingerprint"] == pki.fingerprint(new_root[0])
             revision = api.identity(ns, "svc")["status"]["revision"]
             wait_for("two more leaf rotations after the root moved",
                      lambda: api.identity(ns, "svc")["status"]["revision"] >= revision + 2, timeout=40)
@@ -184,7 +188,7 @@ def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: Operat
             traffic.stop()
             for k in kubelets:
                 k.stop()
-    print(f"{traffic.ok} mutual-TLS connections, {len(traffic.failures)} failed, "
+    print(f"{mode}: {traffic.ok} mutual-TLS connections, {len(traffic.failures)} failed, "
           f"{len(traffic.serials)} server certificates seen")
     assert not traffic.failures, traffic.failures[:5]
     assert traffic.ok >= 1000, traffic.ok
