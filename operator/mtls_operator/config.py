@@ -22,7 +22,8 @@ class Settings:
     ca_namespace: str = "mtls-operator"
     ca_key: str = "ECDSA-256"
     # "root": leaves are issued by the root itself. "intermediate": by an intermediate the operator signs with a root
-    # kept in <ca_secret_name>-root, rotated (with no change to what peers trust) a third of its lifetime early.
+    # kept in <ca_secret_name>-root, renewed (with no change to what peers trust) ca_rotate_before (at most a third of
+    # its lifetime) before it expires.
     ca_mode: str = "root"
     intermediate_lifetime: dt.timedelta = dt.timedelta(days=90)
     ca_lifetime: dt.timedelta = dt.timedelta(days=3650)

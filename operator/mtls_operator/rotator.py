@@ -130,15 +130,16 @@ class RootRotator:
         return written
 
     async def _rotate_intermediate(self, body: dict[str, Any], authority: ca_mod.CA) -> dict[str, Any] | None:
-        """An operator-made intermediate is replaced a third of its lifetime early, or when asked: a new one from the
-        same root. Peers trust the root, so nothing needs to propagate first; leaves move over at --reissue-rate."""
+        """An operator-made intermediate is replaced --ca-rotate-before (at most a third of its lifetime) early, or
+        when asked: a new one from the same root. Peers trust the root, so nothing needs to propagate first; leaves
+        move over at --reissue-rate."""
         annotations = body["metadata"].get("annotations") or {}
         if rotation.parse_state(annotations).phase is not rotation.Phase.STABLE:
             return None  # the root is being rotated: the intermediate moves with it
         state = rotation.parse_state(annotations)
         now = self.r.clock()
         lifetime = authority.cert.not_valid_after_utc - authority.cert.not_valid_before_utc
-        due = authority.not_after - lifetime / 3
+        due = authority.not_after - min(self.timing.rotate_before, lifetime / 3)
         if now < due and not (state.request and state.request != state.handled):
             self.r.scheduler.schedule(KEY, due)
             return None
