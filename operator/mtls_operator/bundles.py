@@ -27,6 +27,7 @@ class TrustBundles:
         self.extra = frozenset(extra_namespaces)
         self.maps: dict[str, dict[str, Any]] = {}  # namespace -> our ConfigMap as last seen
         self._locks: dict[str, asyncio.Lock] = {}
+        self.foreign: set[str] = set()  # namespaces where a ConfigMap of that name is someone else's: left alone
 
     def event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -36,6 +37,7 @@ class TrustBundles:
             self.maps.pop(meta["namespace"], None)
         else:
             self.maps[meta["namespace"]] = body
+            self.foreign.discard(meta["namespace"])
         self.r.spawn(self.ensure(meta["namespace"]))
 
     def namespaces(self) -> set[str]:
@@ -44,7 +46,8 @@ class TrustBundles:
     def stale(self) -> int:
         """How many namespaces do not show the current bundle yet (a root rotation waits for them)."""
         bundle = self._bundle()
-        return sum(1 for ns in self.namespaces() if (self.maps.get(ns, {}).get("data") or {}).get(KEY) != bundle)
+        return sum(1 for ns in self.namespaces() - self.foreign
+                   if (self.maps.get(ns, {}).get("data") or {}).get(KEY) != bundle)
 
     def _bundle(self) -> str | None:
         return self.r.ca.bundle_pem.decode() if self.r.ca else None
@@ -75,9 +78,11 @@ class TrustBundles:
                     body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                     written = await self.r.kube.replace_configmap(body)
             except Conflict:
-                # Exists without our label (someone else's: leave it), or changed meanwhile (the watch brings it).
-                log.debug("trust bundle %s/%s changed under us or is not ours", namespace, self.name)
-                return
+                if current is None:  # exists without our label: someone else's, left alone (and not waited for)
+                    self.foreign.add(namespace)
+                    log.warning("ConfigMap %s/%s exists and is not ours: no trust bundle published there",
+                                namespace, self.name)
+                return  # otherwise it changed meanwhile, and the watch brings the new version
             except ApiError as e:
                 log.warning("could not write trust bundle %s/%s: %s", namespace, self.name, e)
                 return

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import logging
 import threading
 import time
@@ -280,11 +281,14 @@ class Reconciler:
         existing = await self.kube.get_secret(s.ca_namespace, name)
         if existing is not None:
             return existing
+        data = make()
+        made = pki.fingerprint(pki.load_chain(data["tls.crt"])[0])
         new = {
             "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
             "metadata": {"name": name, "namespace": s.ca_namespace,
-                         "labels": {"app.kubernetes.io/name": "mtls-operator", rotation.MANAGED_LABEL: role}},
-            "data": {k: _b64(v) for k, v in make().items()},
+                         "labels": {"app.kubernetes.io/name": "mtls-operator", rotation.MANAGED_LABEL: role},
+                         "annotations": {rotation.ANN_MADE: made}},
+            "data": {k: _b64(v) for k, v in data.items()},
         }
         try:
             created = await self.kube.create_secret(new)
@@ -312,6 +316,9 @@ class Reconciler:
     async def ca_changed(self, body: Mapping[str, Any] | None, startup: bool = False) -> None:
         s = self.settings
         where = f"{s.ca_namespace}/{s.ca_secret_name}"
+        current = self.ca_secret
+        if body is not None and current is not None and _uid(body) == _uid(current) and _rv(body) < _rv(current):
+            return  # an older version than the one we wrote ourselves (the watch lags behind a rotation step)
         try:
             if body is None:
                 raise ca_mod.CAError(f"CA Secret {where} does not exist")
@@ -472,7 +479,10 @@ class Reconciler:
         """Rolls each restart target whose pods do not have this certificate yet (level-triggered: the serial is
         recorded in the pod template), at most once per restart_min_interval; returns when to come back for a roll
         that had to wait. Pods restarting never feeds back into issuance, so this cannot loop."""
-        serial, retry = pki.serial_hex(cert), None
+        # The marker covers the bundle too: a root rotation changes ca.crt under the same certificate, and an
+        # application that cannot reload must restart to trust the new root.
+        bundle = hashlib.sha256(self.ca.bundle_pem).hexdigest()[:12] if self.ca else ""
+        serial, retry = f"{pki.serial_hex(cert)}.{bundle}", None
         for kind, name in spec.restart_targets:
             try:
                 workload = await self.kube.get_workload(spec.namespace, kind, name)

@@ -29,6 +29,9 @@ ANN_HANDLED = f"{GROUP}/rotate-handled"
 # With an operator-made intermediate, ANN_REQUEST renews the intermediate; these ask for a rotation of the root.
 ANN_ROOT_REQUEST = f"{GROUP}/rotate-root"
 ANN_ROOT_HANDLED = f"{GROUP}/rotate-root-handled"
+# The fingerprint of the CA certificate the operator itself put into a Secret: only while tls.crt still is that one
+# does the operator rotate it. A CA someone pasted into that Secret is theirs, and never overwritten.
+ANN_MADE = f"{GROUP}/made-fingerprint"
 MANAGED_LABEL = f"{GROUP}/ca"  # "root" on a root the operator created (and may therefore rotate)
 
 
@@ -69,8 +72,14 @@ class Timing:
 class Progress:
     """Counted over the identity Secrets the operator manages."""
 
-    stale_bundle: int  # Secrets whose ca.crt is not yet the current bundle
+    stale_bundle: int  # Secrets (and bundle ConfigMaps) whose ca.crt is not yet the current bundle
     old_issuer: int  # Secrets whose certificate the current issuer did not sign
+    # Since when every bundle is current, or (stalled) since the last one was brought up to date; None: not yet. The
+    # propagation wait counts from here, not from the start of the phase, so a slow fleet still gets the full kubelet
+    # sync time after its last bundle was written.
+    bundles_current_since: dt.datetime | None = None
+    # The counts have not fallen for --ca-stall: the stragglers are not coming (denied, broken), move on without them.
+    stalled: bool = False
 
 
 def parse_state(annotations: Mapping[str, str], request_key: str = ANN_REQUEST,
@@ -102,14 +111,14 @@ def next_step(state: State, root_not_after: dt.datetime, now: dt.datetime, timin
         if (state.request and state.request != state.handled) or now >= due:
             return Step.START, None
         return None, due
-    stalled = now >= since + timing.stall
     if state.phase is Phase.PROPAGATING:
-        ready_at = since + timing.propagation
-        if now >= ready_at and (progress.stale_bundle == 0 or stalled):
+        settled = progress.bundles_current_since
+        ready_at = max(since, settled or now) + timing.propagation
+        if settled is not None and now >= ready_at:
             return Step.PROMOTE, None
         return None, max(ready_at, now + dt.timedelta(seconds=1))
     if state.phase is Phase.REISSUING:
-        if (progress.old_issuer == 0 and progress.stale_bundle == 0) or stalled:
+        if (progress.old_issuer == 0 and progress.stale_bundle == 0) or progress.stalled:
             return Step.RETIRE, None
         return None, now + dt.timedelta(seconds=1)
     ready_at = since + timing.grace

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -30,8 +31,29 @@ class RootRotator:
         self.r = reconciler
         self.timing = timing
         self._lock = asyncio.Lock()
+        self._counts: tuple[tuple[Any, int, int], dt.datetime] | None = None  # (phase, stale, old), since
+        self._current: tuple[Any, dt.datetime] | None = None  # (phase, since every bundle is current)
+        self._wake: dt.datetime | None = None
 
-    def progress(self, authority: ca_mod.CA) -> rotation.Progress:
+    def progress(self, authority: ca_mod.CA, phase: rotation.Phase, now: dt.datetime) -> rotation.Progress:
+        """The counts, and what they mean over time (kept in memory: after a restart every wait starts afresh, which
+        only ever makes a phase longer)."""
+        stale, old = self._count(authority)
+        key = (phase, stale, old)
+        if self._counts is None or self._counts[0] != key:
+            self._counts = (key, now)
+        changed_at = self._counts[1]
+        stalled = now - changed_at >= self.timing.stall
+        if stale == 0:
+            if self._current is None or self._current[0] != phase:
+                self._current = (phase, now)
+            current_since: dt.datetime | None = self._current[1]
+        else:
+            self._current = None
+            current_since = changed_at if stalled else None
+        return rotation.Progress(stale, old, bundles_current_since=current_since, stalled=stalled)
+
+    def _count(self, authority: ca_mod.CA) -> tuple[int, int]:
         bundle = base64.b64encode(authority.bundle_pem).decode()
         stale = old = 0
         for key in self.r.secrets:
@@ -47,16 +69,31 @@ class RootRotator:
                 old += 1
         if self.r.settings.bundle_configmap:
             stale += self.r.bundles.stale()
-        return rotation.Progress(stale_bundle=stale, old_issuer=old)
+        return stale, old
+
+    def _schedule(self, when: dt.datetime) -> None:
+        """The next look: the earliest that any part of one check asked for."""
+        if self._wake is None or when < self._wake:
+            self._wake = when
+            self.r.scheduler.schedule(KEY, when)
+
+    def _timing_for(self, root: Any) -> rotation.Timing:
+        """--ca-rotate-before, but never more than a third of the root's life: a short-lived root must not be due
+        the moment it is made (and rotate in a loop)."""
+        lifetime = root.not_valid_after_utc - root.not_valid_before_utc
+        return dataclasses.replace(self.timing, rotate_before=min(self.timing.rotate_before, lifetime / 3))
 
     async def check(self) -> None:
         """Takes the next step if it is due, and sets the timer for the next look."""
         async with self._lock:
+            self._wake = None
             body, authority = self.r.ca_secret, self.r.ca
             if body is None or authority is None:
                 return
             meta = body.get("metadata", {})
             role = (meta.get("labels") or {}).get(rotation.MANAGED_LABEL)
+            if (meta.get("annotations") or {}).get(rotation.ANN_MADE) != authority.fingerprint:
+                return  # not (or no longer) the CA the operator made: brought in, never rotated or overwritten
             if role == "intermediate":
                 written = await self._rotate_root_above_intermediate(body, authority)
                 if written is None:
@@ -89,11 +126,14 @@ class RootRotator:
             return None
         root_data = {k: base64.b64decode(v) for k, v in (root_body.get("data") or {}).items()}
         root = pki.load_chain(root_data["tls.crt"])[0]
+        if (root_body["metadata"].get("annotations") or {}).get(rotation.ANN_MADE) != pki.fingerprint(root):
+            return None  # the root was replaced by someone: theirs to rotate
         now = self.r.clock()
-        progress = self.progress(authority) if rotation.needs_progress(state) else rotation.Progress(0, 0)
-        step, wake = rotation.next_step(state, root.not_valid_after_utc, now, self.timing, progress)
+        progress = (self.progress(authority, state.phase, now) if rotation.needs_progress(state)
+                    else rotation.Progress(0, 0))
+        step, wake = rotation.next_step(state, root.not_valid_after_utc, now, self._timing_for(root), progress)
         if wake is not None:
-            self.r.scheduler.schedule(KEY, wake)
+            self._schedule(wake)
         if step is None:
             return None
 
@@ -114,6 +154,9 @@ class RootRotator:
                 promoted = {"tls.crt": root_data["next.crt"], "tls.key": root_data["next.key"],
                             "ca.crt": root_data["next.crt"]}
                 root_body["data"] = {k: b64(v) for k, v in promoted.items()}
+                root_body["metadata"]["annotations"] = {
+                    **(root_body["metadata"].get("annotations") or {}),
+                    rotation.ANN_MADE: pki.fingerprint(pki.load_chain(promoted["tls.crt"])[0])}
                 root_body = await self.r.kube.replace_secret(root_body)
                 root_data = promoted
             extra["issuing"] = ca_mod.new_intermediate(root_data, s, now)
@@ -122,7 +165,7 @@ class RootRotator:
         try:
             written = await self.r.kube.replace_secret(self._apply(step, body, state, now, **extra))
         except Conflict:
-            self.r.scheduler.schedule(KEY, now + dt.timedelta(seconds=1))
+            self._schedule(now + dt.timedelta(seconds=1))
             return None
         log.info("CA root rotation (behind the intermediate): %s", step.value)
         self.r._event(written, "Secret", "Normal", f"RootRotation{step.value.capitalize()}",
@@ -141,7 +184,7 @@ class RootRotator:
         lifetime = authority.cert.not_valid_after_utc - authority.cert.not_valid_before_utc
         due = authority.not_after - min(self.timing.rotate_before, lifetime / 3)
         if now < due and not (state.request and state.request != state.handled):
-            self.r.scheduler.schedule(KEY, due)
+            self._schedule(due)
             return None
         s = self.r.settings
         root = await self.r.kube.get_secret(s.ca_namespace, self._root_secret_name())
@@ -152,12 +195,13 @@ class RootRotator:
         root_data = {k: base64.b64decode(v) for k, v in (root.get("data") or {}).items()}
         fresh = ca_mod.new_intermediate(root_data, s, now)
         meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-        meta["annotations"] = {**annotations, rotation.ANN_HANDLED: state.request} if state.request else annotations
+        meta["annotations"] = {**annotations, rotation.ANN_MADE: pki.fingerprint(pki.load_chain(fresh["tls.crt"])[0]),
+                               **({rotation.ANN_HANDLED: state.request} if state.request else {})}
         data = {**(body.get("data") or {}), **{k: base64.b64encode(v).decode() for k, v in fresh.items()}}
         try:
             written = await self.r.kube.replace_secret({**body, "metadata": meta, "data": data})
         except Conflict:
-            self.r.scheduler.schedule(KEY, now + dt.timedelta(seconds=1))
+            self._schedule(now + dt.timedelta(seconds=1))
             return None
         log.info("CA intermediate renewed from the same root; leaves move over")
         self.r._event(written, "Secret", "Normal", "IntermediateRenewed",
@@ -170,16 +214,17 @@ class RootRotator:
         state = rotation.parse_state(meta.get("annotations") or {})
         metrics.ca_rotation_phase.set(PHASE_NUMBER[state.phase])
         now = self.r.clock()
-        progress = self.progress(authority) if rotation.needs_progress(state) else rotation.Progress(0, 0)
-        step, wake = rotation.next_step(state, authority.not_after, now, self.timing, progress)
+        progress = (self.progress(authority, state.phase, now) if rotation.needs_progress(state)
+                    else rotation.Progress(0, 0))
+        step, wake = rotation.next_step(state, authority.not_after, now, self._timing_for(authority.cert), progress)
         if wake is not None:
-            self.r.scheduler.schedule(KEY, wake)
+            self._schedule(wake)
         if step is None:
             return None
         try:
             written = await self.r.kube.replace_secret(self._apply(step, body, state, now))
         except Conflict:
-            self.r.scheduler.schedule(KEY, now + dt.timedelta(seconds=1))  # changed meanwhile: look again
+            self._schedule(now + dt.timedelta(seconds=1))  # changed meanwhile: look again
             return None
         message = {
             rotation.Step.START: "rotation started: the next root is published next to the current one",
@@ -226,6 +271,7 @@ class RootRotator:
                 data["tls.crt"], data["tls.key"] = b64(issuing["tls.crt"]), b64(issuing["tls.key"])
             else:
                 data["tls.crt"], data["tls.key"] = data.pop("next.crt"), data.pop("next.key")
+            annotations[rotation.ANN_MADE] = pki.fingerprint(pki.load_chain(pem("tls.crt"))[0])
         elif step is rotation.Step.FINISH:
             data["ca.crt"] = b64(final_root or pki.to_pem(pki.load_chain(pem("tls.crt"))[-1]))
         if phase is rotation.Phase.STABLE:

@@ -26,22 +26,29 @@ def test_stable_waits_until_near_expiry_or_asked() -> None:
     assert rotation.next_step(State(Phase.STABLE, None, "go", "go"), FAR, NOW, TIMING, DONE)[0] is None
 
 
-def test_propagation_waits_for_time_and_for_every_bundle() -> None:
+def test_propagation_waits_its_full_time_after_the_last_bundle_was_written() -> None:
     state = State(Phase.PROPAGATING, NOW, "", "")
-    assert rotation.next_step(state, FAR, NOW + dt.timedelta(minutes=2), TIMING, DONE) == \
+    current = Progress(0, 0, bundles_current_since=NOW)
+    assert rotation.next_step(state, FAR, NOW + dt.timedelta(minutes=2), TIMING, current) == \
         (None, NOW + TIMING.propagation)
     late = NOW + dt.timedelta(minutes=4)
     assert rotation.next_step(state, FAR, late, TIMING, Progress(stale_bundle=3, old_issuer=0))[0] is None
-    assert rotation.next_step(state, FAR, late, TIMING, DONE)[0] is Step.PROMOTE
-    # Secrets that never catch up (denied identities) do not hold the rotation forever.
-    stalled = NOW + TIMING.stall
-    assert rotation.next_step(state, FAR, stalled, TIMING, Progress(3, 3))[0] is Step.PROMOTE
+    assert rotation.next_step(state, FAR, late, TIMING, current)[0] is Step.PROMOTE
+    # The last bundle was written late: the kubelet still gets the whole propagation time after it.
+    slow = Progress(0, 0, bundles_current_since=late)
+    assert rotation.next_step(state, FAR, late + dt.timedelta(minutes=1), TIMING, slow)[0] is None
+    assert rotation.next_step(state, FAR, late + TIMING.propagation, TIMING, slow)[0] is Step.PROMOTE
+    # Secrets that never catch up (denied identities) do not hold the rotation forever: once the counts stop falling
+    # the propagation time runs from the last bundle that was brought up to date.
+    stuck = Progress(3, 3, bundles_current_since=late, stalled=True)
+    assert rotation.next_step(state, FAR, late + TIMING.propagation, TIMING, stuck)[0] is Step.PROMOTE
 
 
 def test_reissuing_waits_for_every_leaf_then_grace_then_finish() -> None:
     state = State(Phase.REISSUING, NOW, "", "")
     assert rotation.next_step(state, FAR, NOW, TIMING, Progress(0, 5))[0] is None
     assert rotation.next_step(state, FAR, NOW, TIMING, DONE)[0] is Step.RETIRE
+    assert rotation.next_step(state, FAR, NOW, TIMING, Progress(0, 5, stalled=True))[0] is Step.RETIRE
     retiring = State(Phase.RETIRING, NOW, "", "")
     assert rotation.next_step(retiring, FAR, NOW, TIMING, DONE) == (None, NOW + TIMING.grace)
     assert rotation.next_step(retiring, FAR, NOW + TIMING.grace, TIMING, DONE)[0] is Step.FINISH
@@ -87,6 +94,8 @@ def test_every_step_writes_a_ca_secret_that_loads_and_ends_with_only_the_new_roo
     body = rotator._apply(Step.PROMOTE, body, rotation.parse_state(body["metadata"]["annotations"]), NOW)
     authority = ca_mod.load(_data(body), NOW)
     assert authority.cert == new_root and "next.crt" not in body["data"]
+    # The new root is recorded as the operator's own: only such a CA is ever rotated again.
+    assert body["metadata"]["annotations"][rotation.ANN_MADE] == pki.fingerprint(new_root)
     assert pki.load_chain(authority.bundle_pem) == anchors
 
     body = rotator._apply(Step.RETIRE, body, rotation.parse_state(body["metadata"]["annotations"]), NOW)
