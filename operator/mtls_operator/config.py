@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import os
 
-from .durations import format_duration, parse_duration
+from .durations import parse_duration
 
 KEY_CHOICES = ("ECDSA-256", "ECDSA-384", "RSA-2048", "RSA-3072", "RSA-4096", "Ed25519")
 
@@ -78,37 +78,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = Settings()
     pod_namespace = os.environ.get("POD_NAMESPACE", d.ca_namespace)
     add = parser.add_argument
+
+    def duration(flag: str, help: str) -> None:
+        """A Go-style duration flag; its default and MTLS_ twin are parsed the same way (argparse parses string
+        defaults), so a bad value fails at start with the flag named."""
+        default = os.environ.get("MTLS_" + flag.upper().replace("-", "_"), getattr(d, flag.replace("-", "_")))
+        add(f"--{flag}", type=parse_duration, default=default, help=help)
+
     add("--ca-secret-name", default=_env("ca-secret-name", d.ca_secret_name), help="Secret holding the root CA")
     add("--ca-namespace", default=_env("ca-namespace", pod_namespace), help="namespace of the CA Secret")
     add("--ca-key", default=_env("ca-key", d.ca_key), choices=KEY_CHOICES, help="key type of a bootstrapped root")
     add("--ca-mode", default=_env("ca-mode", d.ca_mode), choices=("root", "intermediate"),
         help="issue leaves from the self-made root, or from an intermediate under it")
-    add("--intermediate-lifetime", default=_env("intermediate-lifetime", format_duration(d.intermediate_lifetime)),
-        help="lifetime of an operator-made intermediate (with --ca-mode intermediate)")
-    add("--ca-lifetime", default=_env("ca-lifetime", format_duration(d.ca_lifetime)),
-        help="lifetime of a bootstrapped root")
-    add("--ca-rotate-before", default=_env("ca-rotate-before", format_duration(d.ca_rotate_before)),
-        help="rotate a self-made root this long before it expires")
-    add("--ca-propagation", default=_env("ca-propagation", format_duration(d.ca_propagation)),
-        help="during a root rotation, how long both roots sit in every bundle before leaves move to the new one")
-    add("--ca-grace", default=_env("ca-grace", format_duration(d.ca_grace)),
-        help="during a root rotation, how long the old root stays trusted after the last leaf moved")
-    add("--ca-stall", default=_env("ca-stall", format_duration(d.ca_stall)),
-        help="during a root rotation, how long a phase waits for lagging Secrets before it moves on anyway")
+    duration("intermediate-lifetime", "lifetime of an operator-made intermediate (with --ca-mode intermediate)")
+    duration("ca-lifetime", "lifetime of a bootstrapped root")
+    duration("ca-rotate-before", "rotate a self-made root this long before it expires")
+    duration("ca-propagation",
+             "during a root rotation, how long both roots sit in every bundle before leaves move to the new one")
+    duration("ca-grace", "during a root rotation, how long the old root stays trusted after the last leaf moved")
+    duration("ca-stall", "during a root rotation, how long a phase waits for lagging Secrets before it moves on anyway")
     add("--bundle-configmap", default=_env("bundle-configmap", d.bundle_configmap),
         help='name of the trust-bundle ConfigMap published per namespace ("" turns it off)')
     add("--bundle-namespace", dest="bundle_namespaces", action="append", default=None,
         help="also publish the trust bundle in this namespace (repeatable), or MTLS_BUNDLE_NAMESPACES=a,b")
-    add("--restart-min-interval", default=_env("restart-min-interval", format_duration(d.restart_min_interval)),
-        help="roll a workload named in restartTargets at most this often")
+    duration("restart-min-interval", "roll a workload named in restartTargets at most this often")
     add("--reissue-rate", type=float, default=float(_env("reissue-rate", str(d.reissue_rate))),
         help="leaves reissued per second when the issuing CA changes")
     add("--trust-domain", default=_env("trust-domain", d.trust_domain), help="SPIFFE trust domain")
     add("--cluster-domain", default=_env("cluster-domain", d.cluster_domain), help="DNS suffix of Services")
-    add("--min-duration", default=_env("min-duration", format_duration(d.min_duration)),
-        help="shortest certificate lifetime an identity may ask for")
-    add("--max-duration", default=_env("max-duration", format_duration(d.max_duration)),
-        help="longest certificate lifetime an identity may ask for")
+    duration("min-duration", "shortest certificate lifetime an identity may ask for")
+    duration("max-duration", "longest certificate lifetime an identity may ask for")
     add("--namespace", dest="namespaces", action="append", default=None,
         help="watch only this namespace (repeatable); default all, or MTLS_NAMESPACES=a,b")
     add("--metrics-port", type=int, default=int(_env("metrics-port", str(d.metrics_port))),
@@ -125,8 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("leader-election", "true").lower() in ("1", "true", "yes"),
         help="act only while holding the Lease, so replicas never act at once (default on)")
     add("--lease-name", default=_env("lease-name", d.lease_name), help="name of the Lease, in --ca-namespace")
-    add("--lease-duration", default=_env("lease-duration", format_duration(d.lease_duration)),
-        help="how long a leader that stopped renewing keeps the lease")
+    duration("lease-duration", "how long a leader that stopped renewing keeps the lease")
     add("--api-workers", type=int, default=int(_env("api-workers", str(d.api_workers))),
         help="API requests in flight at once")
 
@@ -140,21 +138,21 @@ def from_args(args: argparse.Namespace) -> Settings:
         ca_namespace=args.ca_namespace,
         ca_key=args.ca_key,
         ca_mode=args.ca_mode,
-        intermediate_lifetime=parse_duration(args.intermediate_lifetime),
-        ca_lifetime=parse_duration(args.ca_lifetime),
-        ca_rotate_before=parse_duration(args.ca_rotate_before),
-        ca_propagation=parse_duration(args.ca_propagation),
-        ca_grace=parse_duration(args.ca_grace),
-        ca_stall=parse_duration(args.ca_stall),
+        intermediate_lifetime=args.intermediate_lifetime,
+        ca_lifetime=args.ca_lifetime,
+        ca_rotate_before=args.ca_rotate_before,
+        ca_propagation=args.ca_propagation,
+        ca_grace=args.ca_grace,
+        ca_stall=args.ca_stall,
         reissue_rate=max(0.1, args.reissue_rate),
-        restart_min_interval=parse_duration(args.restart_min_interval),
+        restart_min_interval=args.restart_min_interval,
         bundle_configmap=args.bundle_configmap,
         bundle_namespaces=tuple(args.bundle_namespaces if args.bundle_namespaces is not None else
                                 [n.strip() for n in _env("bundle-namespaces", "").split(",") if n.strip()]),
         trust_domain=args.trust_domain,
         cluster_domain=args.cluster_domain,
-        min_duration=parse_duration(args.min_duration),
-        max_duration=parse_duration(args.max_duration),
+        min_duration=args.min_duration,
+        max_duration=args.max_duration,
         namespaces=tuple(n.strip() for n in namespaces),
         metrics_port=args.metrics_port,
         health_port=args.health_port,
@@ -163,7 +161,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         require_service_account=args.require_service_account,
         leader_election=args.leader_election,
         lease_name=args.lease_name,
-        lease_duration=parse_duration(args.lease_duration),
+        lease_duration=args.lease_duration,
     )
     settings.check()
     return settings
