@@ -4,6 +4,8 @@ subprocess, and small readers for identities and their Secrets. No mocks: everyt
 from __future__ import annotations
 
 import base64
+import contextlib
+import itertools
 import os
 import random
 import shutil
@@ -280,3 +282,26 @@ def swap_volume(folder: Path, files: dict[str, bytes]) -> None:
             (folder / name).symlink_to(Path("..data") / name)
     if old:
         shutil.rmtree(folder / old, ignore_errors=True)
+
+
+_other_runs = itertools.count(1)
+
+
+def other_operator(operator: OperatorProcess, *args: str, kubeconfig: Path | None = None) -> OperatorProcess:
+    """Another operator process (not started) beside the session's, with log files of its own that the
+    secrets-hygiene scan reads with the rest."""
+    other = OperatorProcess(kubeconfig or operator.kubeconfig, operator.log_dir, args)
+    other.starts = 1000 * next(_other_runs)
+    return other
+
+
+@contextlib.contextmanager
+def swapped_operator(operator: OperatorProcess, *args: str, kubeconfig: Path | None = None):
+    """Stops the session's operator, runs one with other settings (or credentials), and puts the session's back."""
+    operator.stop()
+    other = other_operator(operator, *args, kubeconfig=kubeconfig)
+    try:
+        yield other.start()
+    finally:
+        other.stop()
+        operator.start()

@@ -10,8 +10,6 @@ the API in the common case, and an unchanged world costs no write.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
 import hashlib
 import logging
@@ -269,7 +267,7 @@ class Reconciler:
             if s.ca_mode == "intermediate":
                 root = await self._create_if_absent(f"{s.ca_secret_name}-root", "root",
                                                     lambda: ca_mod.new_root(s, self.clock()))
-                root_data = _decode_data(root)
+                root_data = tlssecret.decode_data(root)
                 body = await self._create_if_absent(s.ca_secret_name, "intermediate",
                                                     lambda: ca_mod.new_intermediate(root_data, s, self.clock()))
             else:
@@ -288,7 +286,7 @@ class Reconciler:
             "metadata": {"name": name, "namespace": s.ca_namespace,
                          "labels": {"app.kubernetes.io/name": "mtls-operator", rotation.MANAGED_LABEL: role},
                          "annotations": {rotation.ANN_MADE: made}},
-            "data": {k: _b64(v) for k, v in data.items()},
+            "data": {k: tlssecret.b64(v) for k, v in data.items()},
         }
         try:
             created = await self.kube.create_secret(new)
@@ -322,7 +320,7 @@ class Reconciler:
         try:
             if body is None:
                 raise ca_mod.CAError(f"CA Secret {where} does not exist")
-            new = ca_mod.load(_decode_data(body), self.clock())
+            new = ca_mod.load(tlssecret.decode_data(body), self.clock())
         except ca_mod.CAError as e:
             message = f"CA Secret {where} is unusable: {e}; nothing will be issued until it is fixed"
             if message != self.ca_error or startup:
@@ -654,17 +652,3 @@ class Reconciler:
             raise IdentityGone() from None
         self.identities.put(key, written)
         return True
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _decode_data(body: Mapping[str, Any]) -> dict[str, bytes]:
-    out = {}
-    for k, v in (body.get("data") or {}).items():
-        try:
-            out[k] = base64.b64decode(v, validate=True)
-        except (binascii.Error, ValueError):
-            out[k] = b""
-    return out

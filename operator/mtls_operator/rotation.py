@@ -21,7 +21,8 @@ import datetime as dt
 import enum
 from collections.abc import Mapping
 
-GROUP = "mtls-operator.io"
+from .spec import GROUP
+
 ANN_PHASE = f"{GROUP}/rotation-phase"
 ANN_SINCE = f"{GROUP}/rotation-since"
 ANN_REQUEST = f"{GROUP}/rotate"  # set by a user on the CA Secret: any new value asks for one rotation

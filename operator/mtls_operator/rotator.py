@@ -6,7 +6,6 @@ identity (reconciler.ca_changed): bundles are refreshed, leaves reissued, throug
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import datetime as dt
 import logging
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import ca as ca_mod
 from . import metrics, pki, rotation, status, tlssecret
 from .kube import Conflict
+from .tlssecret import b64
 
 if TYPE_CHECKING:
     from .reconciler import Reconciler
@@ -54,7 +54,7 @@ class RootRotator:
         return rotation.Progress(stale, old, bundles_current_since=current_since, stalled=stalled)
 
     def _count(self, authority: ca_mod.CA) -> tuple[int, int]:
-        bundle = base64.b64encode(authority.bundle_pem).decode()
+        bundle = b64(authority.bundle_pem)
         stale = old = 0
         for key in self.r.secrets:
             body = self.r.secrets.get(key)
@@ -124,7 +124,7 @@ class RootRotator:
         root_body = await self.r.kube.get_secret(s.ca_namespace, self._root_secret_name())
         if root_body is None:
             return None
-        root_data = {k: base64.b64decode(v) for k, v in (root_body.get("data") or {}).items()}
+        root_data = tlssecret.decode_data(root_body)
         root = pki.load_chain(root_data["tls.crt"])[0]
         if (root_body["metadata"].get("annotations") or {}).get(rotation.ANN_MADE) != pki.fingerprint(root):
             return None  # the root was replaced by someone: theirs to rotate
@@ -136,9 +136,6 @@ class RootRotator:
             self._schedule(wake)
         if step is None:
             return None
-
-        def b64(raw: bytes) -> str:
-            return base64.b64encode(raw).decode()
 
         extra: dict[str, Any] = {}
         if step is rotation.Step.START:
@@ -192,12 +189,12 @@ class RootRotator:
             log.error("cannot renew the intermediate: root Secret %s/%s-root is missing", s.ca_namespace,
                       s.ca_secret_name)
             return None
-        root_data = {k: base64.b64decode(v) for k, v in (root.get("data") or {}).items()}
+        root_data = tlssecret.decode_data(root)
         fresh = ca_mod.new_intermediate(root_data, s, now)
         meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
         meta["annotations"] = {**annotations, rotation.ANN_MADE: pki.fingerprint(pki.load_chain(fresh["tls.crt"])[0]),
                                **({rotation.ANN_HANDLED: state.request} if state.request else {})}
-        data = {**(body.get("data") or {}), **{k: base64.b64encode(v).decode() for k, v in fresh.items()}}
+        data = {**(body.get("data") or {}), **{k: b64(v) for k, v in fresh.items()}}
         try:
             written = await self.r.kube.replace_secret({**body, "metadata": meta, "data": data})
         except Conflict:
@@ -250,11 +247,8 @@ class RootRotator:
         meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
         annotations = dict(meta.get("annotations") or {})
 
-        def b64(raw: bytes) -> str:
-            return base64.b64encode(raw).decode()
-
         def pem(field: str) -> bytes:
-            return base64.b64decode(data[field]) if data.get(field) else b""
+            return tlssecret.decode_field(data, field)
 
         phase = {rotation.Step.START: rotation.Phase.PROPAGATING, rotation.Step.PROMOTE: rotation.Phase.REISSUING,
                  rotation.Step.RETIRE: rotation.Phase.RETIRING, rotation.Step.FINISH: rotation.Phase.STABLE}[step]

@@ -69,7 +69,18 @@ def controller_ref(body: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
-def _decode(data: Mapping[str, str], field: str) -> bytes:
+def b64(raw: bytes) -> str:
+    """How bytes go into a Secret's (or ConfigMap's binary) data."""
+    return base64.b64encode(raw).decode()
+
+
+def decode_data(body: Mapping[str, Any]) -> dict[str, bytes]:
+    """A Secret's data, decoded; a field that is not valid base64 reads as empty (never raises)."""
+    data = body.get("data") or {}
+    return {k: decode_field(data, k) for k in data}
+
+
+def decode_field(data: Mapping[str, str], field: str) -> bytes:
     raw = data.get(field)
     if not raw:
         return b""
@@ -89,7 +100,7 @@ def read(body: Mapping[str, Any] | None, identity_uid: str) -> SecretView:
     if controller_ref(body).get("uid") != identity_uid:
         return SecretView(exists=True, owned=False, **common)
     data = body.get("data") or {}
-    crt, key_pem, ca_pem = _decode(data, "tls.crt"), _decode(data, "tls.key"), _decode(data, "ca.crt")
+    crt, key_pem, ca_pem = decode_field(data, "tls.crt"), decode_field(data, "tls.key"), decode_field(data, "ca.crt")
     cert = key = None
     chain_pem = b""
     problems = []
@@ -113,9 +124,6 @@ def desired_labels(spec: IdentitySpec) -> dict[str, str]:
 def build(spec: IdentitySpec, identity_uid: str, cert: x509.Certificate, key: pki.PrivateKey, chain_pem: bytes,
           ca_pem: bytes, annotations: Mapping[str, str], resource_version: str = "") -> dict[str, Any]:
     """The whole Secret body, for a create or a full replace (with resourceVersion: optimistic concurrency)."""
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
     metadata: dict[str, Any] = {
         "name": spec.secret_name,
         "namespace": spec.namespace,

@@ -4,7 +4,6 @@ one is picked up live, and a brought-in intermediate issues leaves that chain to
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import subprocess
 
@@ -22,23 +21,16 @@ from tests.kit import (
     OperatorProcess,
     ready_condition,
     secret_files,
+    swapped_operator,
     wait_for,
     write_identity_dir,
 )
 
 pytestmark = pytest.mark.local_operator
 
-@contextlib.contextmanager
 def operator_with_ca(operator: OperatorProcess, ca_secret: str):
-    """Swaps the session's operator for one that uses another CA Secret, and puts the session's back afterwards."""
-    operator.stop()
-    other = OperatorProcess(operator.kubeconfig, operator.log_dir, ("--ca-secret-name", ca_secret))
-    other.starts = operator.starts + 100  # its own log files, scanned with the rest
-    try:
-        yield other.start()
-    finally:
-        other.stop()
-        operator.start()
+    """The session's operator swapped for one that uses another CA Secret."""
+    return swapped_operator(operator, "--ca-secret-name", ca_secret)
 
 
 def _put_ca(api: Api, name: str, data: dict[str, bytes]) -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import cluster
-from tests.kit import REPO, Api, Kubectl, OperatorProcess, unique, wait_for
+from tests.kit import REPO, Api, Kubectl, OperatorProcess, swapped_operator, unique, wait_for
 
 pytestmark = pytest.mark.local_operator
 
@@ -72,12 +72,8 @@ def test_chart_rbac_runs_the_whole_flow_and_denies_the_rest(kubeconfig: Path, ap
                     ("watch", "mtlsidentitypolicies.mtls-operator.io")):
         assert can(*allowed) == "yes", allowed
 
-    operator.stop()
-    chart_operator = OperatorProcess(as_chart, operator.log_dir, (
-        "--ca-namespace", release, "--ca-secret-name", "chart-ca"))
-    chart_operator.starts = operator.starts + 300
-    try:
-        chart_operator.start()
+    with swapped_operator(operator, "--ca-namespace", release, "--ca-secret-name", "chart-ca",
+                          kubeconfig=as_chart) as chart_operator:
         wait_for("the root CA in the release namespace", lambda: api.secret(release, "chart-ca"))
         api.grant(ns, ip_addresses=["10.1.0.0/16"])
         api.create_identity(ns, "charted", {"duration": "30s", "renewBefore": "20s", "ipAddresses": ["10.1.2.3"]})
@@ -90,9 +86,6 @@ def test_chart_rbac_runs_the_whole_flow_and_denies_the_rest(kubeconfig: Path, ap
         wait_for("the deleted Secret to heal", lambda: api.secret(ns, "charted-mtls") and api.ready(ns, "charted"))
         log = chart_operator.log()
         assert not re.search(r"\b403\b (Forbidden|Reason)|\bis forbidden\b", log), log[-2000:]
-    finally:
-        chart_operator.stop()
-        operator.start()
 
 
 def test_upgrade_and_uninstall_keep_crds_and_issued_secrets(kubeconfig: Path, api: Api, kubectl: Kubectl,

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kit import OPERATOR_NAMESPACE, Api, OperatorProcess, wait_for
+from tests.kit import OPERATOR_NAMESPACE, Api, OperatorProcess, other_operator, wait_for
 
 pytestmark = pytest.mark.local_operator
 
 def test_standby_replica_does_nothing_until_the_leader_goes(api: Api, operator: OperatorProcess, ns: str) -> None:
-    standby = OperatorProcess(operator.kubeconfig, operator.log_dir)
-    standby.starts = operator.starts + 200  # its own log files
-    standby.start()
+    standby = other_operator(operator).start()
     try:
         wait_for("the standby to report it stands by", lambda: "mtls_operator_leader 0.0" in standby.metrics())
         assert f"-{operator.proc.pid}-" in _holder(api)

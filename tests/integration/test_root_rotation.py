@@ -19,25 +19,26 @@ from cryptography import x509
 
 from mtls_operator import pki, rotation, workload
 from tests import tlskit
-from tests.kit import OPERATOR_NAMESPACE, Api, OperatorProcess, secret_files, swap_volume, wait_for, write_identity_dir
+from tests.kit import (
+    OPERATOR_NAMESPACE,
+    Api,
+    OperatorProcess,
+    secret_files,
+    swap_volume,
+    swapped_operator,
+    wait_for,
+    write_identity_dir,
+)
 
 pytestmark = pytest.mark.local_operator
 SHORT = {"duration": "24s", "renewBefore": "16s"}  # leaves renew about every 8 s
 
 
-@contextlib.contextmanager
 def rotating_operator(operator: OperatorProcess, ca_secret: str, namespace: str, *extra: str):
     """An operator with its own managed root, serving only the test's namespace (other tests' identities stay out)."""
-    operator.stop()
-    other = OperatorProcess(operator.kubeconfig, operator.log_dir, ("--namespace", namespace,
-        "--ca-secret-name", ca_secret, "--ca-propagation", "3s", "--ca-grace", "3s", "--lease-duration", "4s",
-        "--lease-name", f"lease-{ca_secret}", *extra))
-    other.starts = operator.starts + 400
-    try:
-        yield other.start()
-    finally:
-        other.stop()
-        operator.start()
+    return swapped_operator(operator, "--namespace", namespace, "--ca-secret-name", ca_secret, "--ca-propagation",
+                            "3s", "--ca-grace", "3s", "--lease-duration", "4s", "--lease-name", f"lease-{ca_secret}",
+                            *extra)
 
 
 class Kubelet:
@@ -149,7 +150,8 @@ def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: Operat
                                                       tmp_path: Path, mode: str) -> None:
     ca = f"rot-{mode}-ca"
     request = rotation.ANN_REQUEST if mode == "root" else rotation.ANN_ROOT_REQUEST
-    with rotating_operator(operator, ca, ns, "--ca-mode", mode):
+    # A longer grace keeps the rotation visible long enough for the MtlsAuthority check below, also under load.
+    with rotating_operator(operator, ca, ns, "--ca-mode", mode, "--ca-grace", "10s"):
         wait_for("the managed CA", lambda: api.secret(OPERATOR_NAMESPACE, ca))
         old_root = _roots(api, ca)[0]
         api.create_identity(ns, "svc", {"usages": ["server"], **SHORT})
