@@ -55,9 +55,39 @@ def bin_dir() -> Path:
     return Path(out.strip())
 
 
+def kube_minor() -> str:
+    """The Kubernetes minor under test: MTLS_KUBE_VERSION (e.g. "1.35", the oldest supported) or the default pin's."""
+    return os.environ.get("MTLS_KUBE_VERSION") or default_kube_minor()
+
+
+def default_kube_minor() -> str:
+    for line in (HACK / "kube" / "go.mod").read_text().splitlines():
+        if line.startswith("require k8s.io/kubernetes v"):
+            return ".".join(line.split()[-1].lstrip("v").split(".")[:2])
+    raise RuntimeError("hack/kube/go.mod does not pin k8s.io/kubernetes")
+
+
+def kube_tool() -> str:
+    """The build-bins.sh tool holding that minor's kube-apiserver, kube-controller-manager and kubectl."""
+    minor = kube_minor()
+    if minor == default_kube_minor():
+        return "kube"
+    if not (HACK / f"kube-{minor}" / "go.mod").exists():
+        pins = sorted(p.name.removeprefix("kube-") for p in HACK.glob("kube-*/go.mod") if p.parent.is_dir())
+        raise RuntimeError(f"MTLS_KUBE_VERSION={minor}: no pin hack/kube-{minor}; pinned: {default_kube_minor()}, "
+                           + ", ".join(p.split("/")[0] for p in pins))
+    return f"kube-{minor}"
+
+
+def kube_bin_dir() -> Path:
+    """Where that minor's binaries are: the bin dir for the default pin, a folder of its own for another."""
+    tool = kube_tool()
+    return bin_dir() if tool == "kube" else bin_dir() / tool
+
+
 def ensure_binaries() -> Path:
     """Builds whatever is missing or stale (a no-op in seconds when the cache is warm) and returns the folder."""
-    subprocess.run([str(HACK / "build-bins.sh")], check=True)
+    subprocess.run([str(HACK / "build-bins.sh"), "etcd", "helm", kube_tool()], check=True)
     return bin_dir()
 
 
@@ -185,10 +215,11 @@ class LocalCluster:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, timeout: float = 60.0) -> LocalCluster:
-        bins = bin_dir()
-        missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager") if not (bins / b).exists()]
+        bins, kube = bin_dir(), kube_bin_dir()
+        missing = [str(p) for p in (bins / "etcd", kube / "kube-apiserver", kube / "kube-controller-manager")
+                   if not p.exists()]
         if missing:
-            raise RuntimeError(f"missing {missing} in {bins}: run `hack/build-bins.sh` (or `make bin`) first")
+            raise RuntimeError(f"missing {missing}: run `hack/build-bins.sh etcd {kube_tool()}` (or `make bin`) first")
         self.workdir = Path(tempfile.mkdtemp(prefix="mtls-cluster-"))
         d = self.workdir
         _write_pki(d)
@@ -209,7 +240,7 @@ class LocalCluster:
                 "--log-level=warn",
             ])
             self._spawn("kube-apiserver", [
-                str(bins / "kube-apiserver"),
+                str(kube / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
                 "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
                 f"--tls-cert-file={d / 'apiserver.crt'}", f"--tls-private-key-file={d / 'apiserver.key'}",
@@ -226,7 +257,7 @@ class LocalCluster:
             ])
             self._wait_readyz(timeout)
             self._spawn("kube-controller-manager", [
-                str(bins / "kube-controller-manager"),
+                str(kube / "kube-controller-manager"),
                 f"--kubeconfig={d / 'kcm.kubeconfig'}",
                 f"--controllers={CONTROLLERS}",
                 f"--service-account-private-key-file={d / 'sa.key'}",
@@ -353,7 +384,7 @@ def _ours(pid: int) -> bool:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return False
-    return Path(exe).parent == bin_dir()
+    return Path(exe).parent in (bin_dir(), kube_bin_dir())
 
 
 def up(kubeconfig: Path) -> None:

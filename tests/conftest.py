@@ -25,7 +25,9 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory):
         return
     import cluster  # hack/cluster.py
 
-    if not all((cluster.bin_dir() / b).exists() for b in ("etcd", "kube-apiserver", "kube-controller-manager")):
+    kube = cluster.kube_bin_dir()
+    needed = (cluster.bin_dir() / "etcd", kube / "kube-apiserver", kube / "kube-controller-manager")
+    if not all(p.exists() for p in needed):
         cluster.ensure_binaries()
     local = cluster.LocalCluster(kubeconfig=tmp_path_factory.mktemp("cluster") / "kubeconfig")
     with local:

@@ -8,6 +8,10 @@ import socket
 import ssl
 import threading
 
+from cryptography import x509
+
+from mtls_operator import pki
+
 
 @dataclasses.dataclass
 class Outcome:
@@ -15,6 +19,12 @@ class Outcome:
     error: str = ""
     peer_uris: tuple[str, ...] = ()
     data: bytes = b""
+
+
+def served_serial(tls: ssl.SSLSocket) -> str:
+    """The serial of the certificate a TLS peer presented, named the one way the tests name serials (pki.serial_hex:
+    zero-padded to whole bytes). Comparing it with any other spelling fails whenever the hex starts with 0."""
+    return pki.serial_hex(x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)))
 
 
 def _uris(cert: dict | None) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from tests.kit import OPERATOR_NAMESPACE, REPO, Api, InClusterOperator, Kubectl,
 
 @pytest.fixture(scope="session")
 def kubectl(kubeconfig: Path) -> Kubectl:
-    return Kubectl(cluster.bin_dir() / "kubectl", kubeconfig)
+    return Kubectl(cluster.kube_bin_dir() / "kubectl", kubeconfig)
 
 
 @pytest.fixture(scope="session")

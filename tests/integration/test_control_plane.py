@@ -10,12 +10,19 @@ import pytest
 
 from tests.kit import Api, Kubectl, unique, wait_for
 
+SUPPORTED_MINORS = range(35, 38)  # Kubernetes 1.35-1.37, as README's support matrix and the chart's kubeVersion say
 
-def test_versions_are_the_pinned_release(kubectl: Kubectl) -> None:
+
+def test_versions_are_the_pinned_release(kubectl: Kubectl, control_plane) -> None:
+    import cluster  # hack/cluster.py
+
     out = json.loads(kubectl("version", "-o", "json").stdout)
-    assert out["clientVersion"]["gitVersion"] == out["serverVersion"]["gitVersion"]
-    assert out["serverVersion"]["gitVersion"].startswith("v1.")
-    assert int(out["serverVersion"]["minor"]) >= 34
+    server = out["serverVersion"]
+    assert server["gitVersion"].startswith("v1.")
+    assert int(server["minor"]) in SUPPORTED_MINORS
+    if control_plane:  # the local control plane runs exactly the minor under test, with the same kubectl
+        assert f"{server['major']}.{server['minor']}" == cluster.kube_minor()
+        assert out["clientVersion"]["gitVersion"] == server["gitVersion"]
 
 
 def test_crd_is_structural_and_served(kubectl: Kubectl, crd: None) -> None:

@@ -48,7 +48,7 @@ def test_cluster_up_and_down_from_the_shell(own_binaries, tmp_path: Path) -> Non
     assert "control plane ready" in up.stdout
     state = json.loads((tmp_path / "state" / "state.json").read_text())
     try:
-        kubectl = subprocess.run([str(cluster.bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}", "get", "ns",
+        kubectl = subprocess.run([str(cluster.kube_bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}", "get", "ns",
                                   "default", "-o", "name"], capture_output=True, text=True, timeout=30)
         assert kubectl.stdout.strip() == "namespace/default", kubectl.stderr
         again = subprocess.run([sys.executable, script, "up"], env=env, capture_output=True, text=True, timeout=30)

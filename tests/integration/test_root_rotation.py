@@ -15,7 +15,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from mtls_operator import pki, rotation, workload
 from tests import tlskit
@@ -103,8 +102,7 @@ class Traffic:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw, \
                         self.client.context().wrap_socket(raw, server_hostname=self.hostname) as tls:
-                    self.serials.add(format(x509.load_der_x509_certificate(
-                        tls.getpeercert(binary_form=True)).serial_number, "x"))
+                    self.serials.add(tlskit.served_serial(tls))
                     tls.sendall(b"hi")
                     if not tls.recv(256).startswith(b"spiffe://"):
                         raise OSError("the server did not see the client's identity")

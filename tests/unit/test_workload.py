@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from mtls_operator import pki, workload
+from tests import tlskit
 from tests.kit import swap_volume
 
 NOW = dt.datetime.now(dt.UTC)
@@ -55,15 +56,9 @@ class Server:
 def _call(client: workload.Reloading, port: int) -> tuple[str, str]:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
             client.context().wrap_socket(raw, server_hostname="srv.ns.svc") as tls:
-        served = format(x509_serial(tls.getpeercert(binary_form=True)), "x")
+        served = tlskit.served_serial(tls)
         tls.sendall(b"hi")
         return served, tls.recv(256).decode()
-
-
-def x509_serial(der: bytes) -> int:
-    from cryptography import x509
-
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 def test_server_and_client_follow_kubelet_swaps_without_new_listeners(tmp_path: Path) -> None:
@@ -77,14 +72,14 @@ def test_server_and_client_follow_kubelet_swaps_without_new_listeners(tmp_path: 
     client = workload.reloading_client(cli_dir)
 
     served, answer = _call(client, server.port)
-    assert served == format(pki.load_chain(first["tls.crt"])[0].serial_number, "x")
+    assert served == pki.serial_hex(pki.load_chain(first["tls.crt"])[0])
     assert answer == "spiffe://td/ns/ns/sa/cli"
 
     # A renewal: the kubelet swaps the server's files; the same listening socket now serves the new certificate.
     second = _identity(ca, "spiffe://td/ns/ns/sa/srv", True, [ca[0]])
     swap_volume(srv_dir, second)
     served, _ = _call(client, server.port)
-    assert served == format(pki.load_chain(second["tls.crt"])[0].serial_number, "x")
+    assert served == pki.serial_hex(pki.load_chain(second["tls.crt"])[0])
     assert server_reloader.reloads == 2
 
     # A root rotation: both trust both roots first, then the server moves to root B; then the client does.
