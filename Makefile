@@ -5,8 +5,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_LOCAL := .cache/cluster/kubeconfig
-KIND ?= kind
-KIND_CLUSTER := mtls-operator
 KIND_KUBECONFIG := .cache/kind/kubeconfig
 IMAGE := mtls-operator:dev
 HELM = $(shell hack/bin-dir.sh)/helm
@@ -25,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## the Python environment (.venv) with the operator and test tools
 
-bin: ## build etcd, kube-apiserver, kube-controller-manager, kubectl and helm from pinned Go modules (cached)
+bin: ## build etcd, helm and the control plane (Kubernetes 1.37 and 1.35) from pinned Go modules (cached)
 	hack/build-bins.sh
 
 bin-dir: ## print where the built binaries are
@@ -40,13 +38,15 @@ cluster-down: ## stop it
 demo: venv ## the local demo: control plane, CRD, operator, identities, a real mTLS handshake, a renewal
 	$(PY) hack/demo.py
 
-test: venv bin lint ## lint, unit and integration tests against a real control plane (set MTLS_KUBECONFIG to use another)
+test: venv bin lint ## lint; unit, chart and integration tests on Kubernetes 1.37 and 1.35; the kind e2e (operator as a pod)
 	$(PY) -m pytest
+	MTLS_KUBE_VERSION=1.35 $(PY) -m pytest -m integration -p no:cacheprovider
+	hack/kind-e2e.sh
 
 test-unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit
 
-test-integration: venv bin ## integration tests only
+test-integration: venv bin ## integration tests only (MTLS_KUBE_VERSION=1.35 for the oldest supported minor)
 	$(PY) -m pytest -m integration
 
 lint: venv ## ruff
@@ -58,29 +58,24 @@ bench: venv bin ## the scale benchmark (numbers, not pass/fail)
 crds-sync: ## copy crds/ into the Helm chart (one source of truth; a test fails when they drift)
 	cp crds/*.yaml charts/mtls-operator/crds/
 
-# ---- kind (machines with Docker and kind) ----
+# ---- kind: a real kubelet. Images are built here when none can be pulled (hack/kind.sh, hack/operator-image.sh) ----
 
-kind-up: ## create the kind cluster (kind-config.yaml: the same Kubernetes release as the local control plane)
-	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "kind-up needs a running Docker engine"; exit 1; }
-	@command -v $(KIND) >/dev/null || { echo "kind-up needs kind: go install sigs.k8s.io/kind@v0.33.0"; exit 1; }
-	$(KIND) create cluster --config kind-config.yaml --kubeconfig $(KIND_KUBECONFIG) \
-		$(if $(KIND_NODE_IMAGE),--image $(KIND_NODE_IMAGE))
+kind-up: ## create (or reuse) the kind cluster; builds an offline node image when kindest/node cannot be pulled
+	hack/kind.sh up
 
-kind-load: ## build the operator image and load it into the kind cluster
-	docker build -t $(IMAGE) .
-	$(KIND) load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+kind-load: ## build the operator image (offline when needed) and load it into the kind cluster
+	hack/operator-image.sh $(IMAGE)
+	hack/kind.sh load $(IMAGE)
 
-kind-install: bin ## helm install the chart into the kind cluster, using the loaded image
+kind-install: bin ## helm install the chart into the kind cluster with the e2e values (hack/kind-values.yaml)
 	$(HELM) --kubeconfig $(KIND_KUBECONFIG) upgrade --install mtls-operator charts/mtls-operator \
-		--namespace mtls-operator --create-namespace --wait --timeout 3m \
-		--set image.repository=mtls-operator --set image.tag=dev --set image.pullPolicy=Never \
-		--set certificates.minDuration=10s
+		--namespace mtls-operator --create-namespace --values hack/kind-values.yaml --wait --timeout 5m
 
-kind-e2e: venv ## the integration suite against kind with the operator in-cluster, plus workloads doing mTLS
-	MTLS_KUBECONFIG=$(KIND_KUBECONFIG) MTLS_OPERATOR=in-cluster $(PY) -m pytest -m integration
+kind-e2e: venv ## the whole kind e2e (up, image, helm install, in-cluster suite); leaves the cluster up
+	KIND_KEEP=1 hack/kind-e2e.sh
 
 kind-down: ## delete the kind cluster
-	$(KIND) delete cluster --name $(KIND_CLUSTER) --kubeconfig $(KIND_KUBECONFIG)
+	hack/kind.sh down
 
 clean: cluster-down
 	rm -rf .cache $(VENV)

@@ -176,6 +176,21 @@ class Kube:
     def _identity(namespace: str, name: str) -> str:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}"
 
+    async def create_identity(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        namespace = body["metadata"]["namespace"]
+        return await self._call("POST", f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}", body)
+
+    async def get_identity(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", self._identity(namespace, name))
+        except NotFound:
+            return None
+
+    async def delete_identity(self, namespace: str, name: str) -> None:
+        """Foreground is not needed: the Secret it owns goes with it through the garbage collector."""
+        with contextlib.suppress(NotFound):
+            await self._call("DELETE", self._identity(namespace, name))
+
     async def patch_identity_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("PATCH", self._identity(namespace, name) + "/status", {"status": patch},
                                 "application/merge-patch+json")

@@ -12,7 +12,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +36,13 @@ class LeaseTiming:
         return cls(duration=seconds, renew_deadline=seconds * 2 / 3, retry_period=min(2.0, seconds / 5))
 
 
+def replica_identity() -> str:
+    """The name this process goes by, as the Lease holder and as kopf's identity: the pod's name (or the host's), the
+    pid and a random suffix, so two processes never share one. Never derived from the passwd database: the image runs as
+    a uid that may have no entry there."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 def _micro_time(now: dt.datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -44,6 +54,9 @@ class LeaderElection:
         self.timing = timing or LeaseTiming()
         self._observed: tuple[Any, float] | None = None  # (the record as last seen, when it was first seen so)
         self.is_leader = False
+        # For readiness: whether a loop (acquire or keep) runs, and when the API server last answered it.
+        self.looping = False
+        self.last_contact: float | None = None  # time.monotonic()
 
     def _expired(self, spec: dict[str, Any]) -> bool:
         record = (spec.get("holderIdentity"), spec.get("renewTime"), spec.get("leaseTransitions"))
@@ -83,41 +96,51 @@ class LeaderElection:
     async def acquire(self) -> None:
         """Returns once this process holds the lease."""
         waiting_logged = False
-        while True:
-            try:
-                if await self.try_acquire_or_renew():
-                    self.is_leader = True
-                    log.info("acquired lease %s/%s as %s", self.namespace, self.name, self.identity)
-                    return
-            except Exception as e:  # API or network trouble: keep standing by
-                log.warning("could not check lease %s/%s: %s", self.namespace, self.name, e)
-            if not waiting_logged:
-                log.info("standing by: lease %s/%s is held by another replica", self.namespace, self.name)
-                waiting_logged = True
-            await asyncio.sleep(self.timing.retry_period)
+        self.looping = True
+        try:
+            while True:
+                try:
+                    acquired = await self.try_acquire_or_renew()
+                    self.last_contact = time.monotonic()
+                    if acquired:
+                        self.is_leader = True
+                        log.info("acquired lease %s/%s as %s", self.namespace, self.name, self.identity)
+                        return
+                except Exception as e:  # API or network trouble: keep standing by
+                    log.warning("could not check lease %s/%s: %s", self.namespace, self.name, e)
+                if not waiting_logged:
+                    log.info("standing by: lease %s/%s is held by another replica", self.namespace, self.name)
+                    waiting_logged = True
+                await asyncio.sleep(self.timing.retry_period)
+        finally:
+            self.looping = False
 
     async def keep(self, on_lost: Callable[[], None]) -> None:
         """Renews until cancelled. Calls on_lost (once) the moment another replica holds the lease, or when renewing
         has failed for longer than the deadline — before the lease can expire for the others."""
         last = time.monotonic()
-        while True:
-            await asyncio.sleep(self.timing.retry_period)
-            remaining = self.timing.renew_deadline - (time.monotonic() - last)
-            try:
-                if await asyncio.wait_for(self.try_acquire_or_renew(), max(remaining, 0.1)):
-                    last = time.monotonic()
-                    continue
-                reason = "another replica holds it"
-            except Exception as e:  # API, network or timeout: retry until the deadline
-                log.warning("could not renew lease %s/%s: %s", self.namespace, self.name, e or type(e).__name__)
-                if time.monotonic() - last <= self.timing.renew_deadline:
-                    continue
-                reason = f"not renewed for {self.timing.renew_deadline:.0f}s"
-            self.is_leader = False
-            log.error("lost lease %s/%s (%s): stopping, so that another replica can take over safely",
-                      self.namespace, self.name, reason)
-            on_lost()
-            return
+        self.looping = True
+        try:
+            while True:
+                await asyncio.sleep(self.timing.retry_period)
+                remaining = self.timing.renew_deadline - (time.monotonic() - last)
+                try:
+                    if await asyncio.wait_for(self.try_acquire_or_renew(), max(remaining, 0.1)):
+                        last = self.last_contact = time.monotonic()
+                        continue
+                    reason = "another replica holds it"
+                except Exception as e:  # API, network or timeout: retry until the deadline
+                    log.warning("could not renew lease %s/%s: %s", self.namespace, self.name, e or type(e).__name__)
+                    if time.monotonic() - last <= self.timing.renew_deadline:
+                        continue
+                    reason = f"not renewed for {self.timing.renew_deadline:.0f}s"
+                self.is_leader = False
+                log.error("lost lease %s/%s (%s): stopping, so that another replica can take over safely",
+                          self.namespace, self.name, reason)
+                on_lost()
+                return
+        finally:
+            self.looping = False
 
     async def release(self) -> None:
         """Hands the lease back on a clean exit, so a successor does not wait for it to expire."""

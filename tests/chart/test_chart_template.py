@@ -23,8 +23,9 @@ def helm() -> Path:
     return binary
 
 
-def render(helm: Path, *sets: str, namespace: str = "mtls-system") -> list[dict]:
-    args = [str(helm), "template", "rel", str(CHART), "-n", namespace]
+def render(helm: Path, *sets: str, namespace: str = "mtls-system", tests: bool = False) -> list[dict]:
+    """The chart's manifests; `helm test` hooks only with tests=True (they are not the operator's)."""
+    args = [str(helm), "template", "rel", str(CHART), "-n", namespace, *([] if tests else ["--skip-tests"])]
     for s in sets:
         args += ["--set", s]
     out = subprocess.run(args, capture_output=True, text=True)
@@ -70,6 +71,8 @@ def test_pod_is_locked_down(helm: Path) -> None:
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert {p["name"] for p in container["ports"]} == {"metrics", "health"}
     assert "--ca-namespace=mtls-system" in container["args"]
     assert "--leader-election" in container["args"]
@@ -138,6 +141,8 @@ def test_watched_namespaces_get_roles_not_a_cluster_role(helm: Path) -> None:
 
 def test_service_monitor_is_optional(helm: Path) -> None:
     assert not by_kind(render(helm), "ServiceMonitor")
+    # Scraped also while not ready: that is when the CA's and the lease's metrics matter most.
+    assert by_kind(render(helm), "Service")[0]["spec"]["publishNotReadyAddresses"] is True
     monitor = by_kind(render(helm, "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")[0]
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "30s"}]
 
@@ -153,6 +158,7 @@ def test_service_monitor_is_optional(helm: Path) -> None:
     ("watchNamespaces={Bad_NS}", "/watchNamespaces"),
     ("metrics.port=70000", "/metrics/port"),
     ("unknownKey=1", "unknownKey"),
+    ("tests.timeout=2 minutes", "/tests/timeout"),
 ])
 def test_schema_rejects_bad_values(helm: Path, bad: str, fragment: str) -> None:
     assert fragment in render_error(helm, bad)
@@ -164,3 +170,52 @@ def test_restart_targets_rbac_only_when_enabled(helm: Path) -> None:
     assert apps_rules(render(helm)) == []
     rules = apps_rules(render(helm, "restartTargets.enabled=true"))
     assert rules and all(set(r["verbs"]) == {"get", "patch"} for r in rules)
+
+
+def _test_hooks(docs: list[dict]) -> dict[str, dict]:
+    hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    return {d["kind"]: d for d in hooks}
+
+
+def test_helm_test_hook_is_least_privilege_and_temporary(helm: Path) -> None:
+    hooks = _test_hooks(render(helm, tests=True))
+    assert set(hooks) == {"ServiceAccount", "Role", "RoleBinding", "Pod"}
+    for doc in hooks.values():
+        assert doc["metadata"]["namespace"] == "mtls-system"
+        assert doc["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    weight = {kind: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for kind, d in hooks.items()}
+    assert weight["ServiceAccount"] < weight["Pod"] and weight["Role"] < weight["Pod"]
+
+    name = hooks["ServiceAccount"]["metadata"]["name"]
+    pod = hooks["Pod"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    secret = next(a.split("=", 1)[1] for a in args if a.startswith("--secret-name="))
+    assert args[0] == "selftest" and f"--service-account={name}" in args and "--namespace=mtls-system" in args
+    assert "--trust-domain=cluster.local" in args and "--timeout=120s" in args
+    assert pod["serviceAccountName"] == name and pod["restartPolicy"] == "Never"
+    assert container["image"] == by_kind(render(helm), "Deployment")[0]["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+    # Namespaced, no wildcards; identities in its own namespace; of Secrets only the one its identity writes.
+    rules = hooks["Role"]["rules"]
+    assert rules == [
+        {"apiGroups": ["mtls-operator.io"], "resources": ["mtlsidentities"], "verbs": ["create", "get", "delete"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get"]},
+    ]
+    assert hooks["RoleBinding"]["roleRef"]["name"] == hooks["Role"]["metadata"]["name"]
+    assert hooks["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "mtls-system"}]
+
+
+def test_helm_test_runs_where_the_operator_serves(helm: Path) -> None:
+    elsewhere = _test_hooks(render(helm, "watchNamespaces={shop,bank}", tests=True))
+    assert {d["metadata"]["namespace"] for d in elsewhere.values()} == {"shop"}
+    served = _test_hooks(render(helm, "watchNamespaces={bank,mtls-system}", tests=True))
+    assert {d["metadata"]["namespace"] for d in served.values()} == {"mtls-system"}
+
+
+def test_helm_test_can_be_left_out(helm: Path) -> None:
+    assert not _test_hooks(render(helm, "tests.enabled=false", tests=True))

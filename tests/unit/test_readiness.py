@@ -1,0 +1,120 @@
+"""/readyz: the verdict (pure) and the server that answers it, standby and leading alike."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import types
+
+import kopf
+from aiohttp.test_utils import TestClient, TestServer
+
+from mtls_operator import readiness
+from mtls_operator.config import Settings
+from mtls_operator.health import HealthServer, ProcessState
+from mtls_operator.readiness import LEADER, STANDBY, STARTING, STOPPING, Snapshot, assess
+from mtls_operator.spec import GROUP, PLURAL
+
+LEADING = Snapshot(role=LEADER, lease_looping=True, lease_age=1.0, ca_problem=None, operator_started=True)
+STANDING_BY = Snapshot(role=STANDBY, lease_looping=True, lease_age=1.0)
+
+
+def test_a_serving_leader_is_ready() -> None:
+    verdict = assess(LEADING)
+    assert verdict.ready and verdict.http_status == 200
+    assert verdict.body() == {"ready": True, "role": "leader", "missing": []}
+
+
+def test_a_healthy_standby_is_ready_without_ca_or_watches() -> None:
+    # A standby that waited for leadership would stall every rolling update (maxUnavailable 0).
+    assert assess(STANDING_BY).ready
+
+
+def test_a_leader_waits_for_start_up_watches_and_ca() -> None:
+    starting = assess(dataclasses.replace(LEADING, operator_started=False))
+    assert not starting.ready and starting.http_status == 503
+    assert starting.missing == ("the operator is starting (listing Secrets, loading the CA)",)
+    unwatched = assess(dataclasses.replace(LEADING, unwatched=("mtlsidentities.mtls-operator.io",)))
+    assert unwatched.missing == ("not watching mtlsidentities.mtls-operator.io (is the CRD installed?)",)
+    broken = assess(dataclasses.replace(LEADING, ca_problem="CA Secret x/y does not exist"))
+    assert broken.missing == ("no usable CA: CA Secret x/y does not exist",)
+
+
+def test_stale_or_stopped_lease_loops_are_not_ready() -> None:
+    stale = assess(dataclasses.replace(STANDING_BY, lease_age=40.0))
+    assert not stale.ready and "40s ago" in stale.missing[0]
+    stopped = assess(dataclasses.replace(STANDING_BY, lease_looping=False))
+    assert stopped.missing == ("the lease loop is not running",)
+    assert not assess(dataclasses.replace(LEADING, lease_age=20.0)).ready
+
+
+def test_without_leader_election_the_lease_is_not_asked_about() -> None:
+    alone = Snapshot(role=LEADER, leader_election=False, ca_problem=None, operator_started=True)
+    assert assess(alone).ready
+
+
+def test_starting_and_stopping_are_not_ready() -> None:
+    assert assess(Snapshot(role=STARTING, lease_looping=True)).missing == ("the Lease has not been read yet",)
+    assert assess(Snapshot(role=STARTING, leader_election=False)).missing == ("starting",)
+    assert not assess(dataclasses.replace(LEADING, role=STOPPING)).ready
+
+
+# ---- the live state behind the snapshot ----
+
+class FakeElector:
+    def __init__(self, looping: bool, last_contact: float | None) -> None:
+        self.looping, self.last_contact = looping, last_contact
+
+
+def _insights(*resources: tuple[str, str, str]) -> types.SimpleNamespace:
+    """kopf's insights as its observers leave them once the initial scan is done."""
+    ready = asyncio.Event()
+    ready.set()
+    return types.SimpleNamespace(ready_resources=ready, ready_namespaces=ready,
+                                 watched_resources={kopf.Resource(*r) for r in resources})
+
+
+def test_process_state_from_standby_to_leading() -> None:
+    import time
+
+    async def go() -> None:
+        state = ProcessState(Settings(lease_duration=dt.timedelta(seconds=15)))
+        assert state.snapshot().role == STARTING
+        state.elector = FakeElector(looping=True, last_contact=time.monotonic())
+        snap = state.snapshot()
+        assert snap.role == STANDBY and assess(snap).ready
+        state.leading = True
+        state.memo = types.SimpleNamespace()  # kopf's start-up handler has not made the reconciler yet
+        state.kopf_ready = asyncio.Event()
+        state.insights = _insights()
+        assert assess(state.snapshot()).missing[0].startswith("the operator is starting")
+        state.memo.reconciler = types.SimpleNamespace(ca=object(), ca_error="")
+        state.kopf_ready.set()
+        assert state.snapshot().unwatched == (f"{PLURAL}.{GROUP}",)
+        state.insights = _insights(("", "v1", "secrets"), (GROUP, "v1alpha1", PLURAL))
+        assert assess(state.snapshot()).ready
+        state.memo.reconciler = types.SimpleNamespace(ca=None, ca_error="CA Secret a/b is unusable: expired")
+        assert assess(state.snapshot()).missing == ("no usable CA: CA Secret a/b is unusable: expired",)
+        state.stopping = True
+        assert state.snapshot().role == STOPPING
+
+    asyncio.run(go())
+
+
+def test_the_server_answers_both_probes() -> None:
+    snapshot = {"now": Snapshot(role=STANDBY, lease_looping=True, lease_age=None)}
+
+    async def go() -> None:
+        server = HealthServer(0, lambda: snapshot["now"])
+        async with TestClient(TestServer(server.app())) as client:
+            live = await client.get("/healthz")
+            assert live.status == 200 and (await live.json())["role"] == "standby"
+            not_ready = await client.get("/readyz")
+            assert not_ready.status == 503
+            assert (await not_ready.json())["missing"] == ["the Lease has not been read yet"]
+            snapshot["now"] = LEADING
+            ready = await client.get("/readyz")
+            assert ready.status == 200 and (await ready.json()) == readiness.assess(LEADING).body()
+
+    asyncio.run(go())
