@@ -251,6 +251,9 @@ class LocalCluster:
                 f"--service-account-signing-key-file={d / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true", "--profiling=false", "--v=1",
+                # No node can reach 127.0.0.1 anyway, and from 1.37 the endpoint reconciler refuses a loopback
+                # advertise address ("cannot use public IP 127.0.0.1"): the `kubernetes` Service gets no endpoints.
+                "--endpoint-reconciler-type=none",
                 # Every write, one line each: how tests and benchmarks count the operator's API writes exactly.
                 f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json", "--audit-log-maxbackup=1",

@@ -2,23 +2,24 @@
 with a message that names the offending entry.
 
 The default is zero trust bound to the namespace: the SPIFFE ID is always derived from the namespace and service
-account (spec.py), and DNS names must be Service names of the identity's own namespace (`<svc>`, `<svc>.<ns>`,
-`<svc>.<ns>.svc`, `<svc>.<ns>.svc.<clusterDomain>`). Anything else — another namespace's Service name, an external name,
-any IP address — needs a cluster-scoped MtlsIdentityPolicy, which only cluster admins can write, naming the namespace.
+account (spec.py), and DNS names must be names that mean a Service of the identity's own namespace to every client in
+the cluster (`<svc>.<ns>`, `<svc>.<ns>.svc`, `<svc>.<ns>.svc.<clusterDomain>`). Anything else needs a cluster-scoped
+MtlsIdentityPolicy, which only cluster admins can write, naming the namespace: another namespace's Service name, an
+external name, any IP address, and single-label names (`vault`, `kubernetes`, `localhost`). A one-word name is resolved
+by each client in its own namespace (search path) or on its own host, so it means something different to every client:
+granted by default, a client in another namespace dialling `vault` would accept this namespace's certificate.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .spec import DNS_NAME, IdentitySpec
+from .spec import DNS_LABEL, DNS_NAME, IdentitySpec
 
 POLICY_PLURAL = "mtlsidentitypolicies"
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class InvalidPolicy(ValueError):
@@ -75,11 +76,24 @@ def parse_rule(body: Mapping[str, Any]) -> Rule:
 
 
 def own_service_name(dns: str, namespace: str, cluster_domain: str) -> bool:
-    """True for `<svc>`, `<svc>.<ns>`, `<svc>.<ns>.svc` and `<svc>.<ns>.svc.<clusterDomain>`."""
+    """True for `<svc>.<ns>`, `<svc>.<ns>.svc` and `<svc>.<ns>.svc.<clusterDomain>`: names that reach a Service of
+    this namespace from every namespace. Not the bare `<svc>`: that one means a Service of the client's namespace."""
     service, _, rest = dns.partition(".")
-    if not _LABEL.match(service):
+    if not DNS_LABEL.match(service):
         return False
-    return rest in ("", namespace, f"{namespace}.svc", f"{namespace}.svc.{cluster_domain}")
+    return rest in (namespace, f"{namespace}.svc", f"{namespace}.svc.{cluster_domain}")
+
+
+def dns_denial(dns: str, namespace: str, cluster_domain: str) -> str:
+    """Why the default refuses a DNS name, naming it, and the grant a cluster admin would write to allow it."""
+    grant = (f"an MtlsIdentityPolicy with namespaces: [{namespace}] and dnsNames: [{dns}] would allow it "
+             f"(cluster admins write those)")
+    if "." not in dns:
+        return (f"dnsNames entry {dns!r} is a single-label name, which each client resolves in its own namespace (or "
+                f"on its own host): a client in any namespace dialling it would accept this certificate, so it is not "
+                f"allowed by default; use {dns}.{namespace}.svc, or {grant}")
+    return (f"dnsNames entry {dns!r} is not a Service name of namespace {namespace} (<svc>.{namespace}, "
+            f"<svc>.{namespace}.svc or <svc>.{namespace}.svc.{cluster_domain}); {grant}")
 
 
 def check(spec: IdentitySpec, rules: Iterable[Rule], cluster_domain: str) -> str | None:
@@ -87,8 +101,7 @@ def check(spec: IdentitySpec, rules: Iterable[Rule], cluster_domain: str) -> str
     mine = [r for r in rules if spec.namespace in r.namespaces]
     for dns in spec.dns_names:
         if not own_service_name(dns, spec.namespace, cluster_domain) and not any(r.allows_dns(dns) for r in mine):
-            return (f"dnsNames entry {dns!r} is not a Service name of namespace {spec.namespace} and no "
-                    f"MtlsIdentityPolicy allows it for this namespace")
+            return dns_denial(dns, spec.namespace, cluster_domain)
     for ip in spec.ip_addresses:
         if not any(r.allows_ip(ip) for r in mine):
             return f"ipAddresses entry {ip!r} is not allowed for namespace {spec.namespace} by any MtlsIdentityPolicy"

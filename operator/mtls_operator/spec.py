@@ -27,6 +27,16 @@ KIND = "MtlsIdentity"
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+# A DNS-1123 label: what a Service name can be (at most 63 characters, no dot), and so the first label of the names a
+# Service answers to.
+DNS_LABEL = re.compile(rf"^{_DNS_LABEL}$")
+# Kubernetes' own rule for object names (DNS-1123 subdomain): unlike a DNS name, no limit per label, 253 in all.
+# Secrets, ServiceAccounts, Deployments and MtlsIdentities are all named by it.
+OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+MAX_OBJECT_NAME = 253
+SECRET_SUFFIX = "-mtls"
+# The longest identity name whose default Secret name, <name>-mtls, is still an object name.
+MAX_NAME_FOR_DEFAULT_SECRET = MAX_OBJECT_NAME - len(SECRET_SUFFIX)
 _RESERVED_PREFIX = GROUP + "/"
 KEY_SIZES = {"ECDSA": (256, 384), "RSA": (2048, 3072, 4096), "Ed25519": ()}
 DEFAULT_KEY_SIZE = {"ECDSA": 256, "RSA": 2048}
@@ -100,11 +110,37 @@ def _str_list(spec: Mapping[str, Any], field: str, limit: int) -> list[str]:
     return value
 
 
+def is_object_name(value: Any) -> bool:
+    """Kubernetes' rule, not a DNS name's: a 64-character label is a valid Secret or ServiceAccount name."""
+    return isinstance(value, str) and len(value) <= MAX_OBJECT_NAME and OBJECT_NAME.match(value) is not None
+
+
 def _name_field(spec: Mapping[str, Any], field: str, default: str) -> str:
     value = spec.get(field) or default
-    if not isinstance(value, str) or len(value) > 253 or not DNS_NAME.match(value):
-        raise InvalidSpec(f"spec.{field} {value!r} is not a valid Kubernetes object name")
+    if not is_object_name(value):
+        raise InvalidSpec(f"spec.{field} {str(value)[:64]!r} is not a valid Kubernetes object name")
     return value
+
+
+def derived_name_problem(name: str, secret_name_given: bool, default_dns: bool) -> str | None:
+    """Why a valid identity name cannot give a name the operator would derive from it, or None.
+
+    Two derived names depend on the name's shape: the Secret `<name>-mtls` (too long past 248 characters) and the
+    default DNS names `<name>.<ns>...` (a Service name must be a DNS label: `web.v2` never is, and its "defaults" named
+    no Service and were denied by the operator's own policy). Neither is derived differently behind the user's back:
+    the spec must say what it wants. The same rules are CEL rules at the CRD's root, refusing new objects at
+    admission with these words; this layer is for objects stored before. The other derived names always work: the
+    ServiceAccount name is the name itself (same rule) and a SPIFFE path segment accepts any object name.
+    """
+    if not secret_name_given and len(name) > MAX_NAME_FOR_DEFAULT_SECRET:
+        return (f"metadata.name is longer than {MAX_NAME_FOR_DEFAULT_SECRET} characters ({len(name)}), so the default "
+                f"Secret name <name>{SECRET_SUFFIX} would be longer than {MAX_OBJECT_NAME}: set spec.secretName, or "
+                f"use a name of at most {MAX_NAME_FOR_DEFAULT_SECRET} characters")
+    if default_dns and not DNS_LABEL.match(name):
+        return (f"metadata.name {name[:64]!r} has a dot or more than 63 characters, so it can never be a Service "
+                f"name and no default DNS names (<name>.<namespace>.svc, ...) can be derived from it: list "
+                f"spec.dnsNames, or set spec.usages to [client], or use a name without dots of at most 63 characters")
+    return None
 
 
 def _string_map(spec: Mapping[str, Any], field: str, max_value: int) -> dict[str, str]:
@@ -159,16 +195,16 @@ def _restart_targets(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         if not isinstance(target, Mapping) or target.get("kind") not in RESTART_KINDS:
             raise InvalidSpec(f"spec.restartTargets entries need kind {', '.join(RESTART_KINDS)} and a name")
         name = target.get("name")
-        if not isinstance(name, str) or len(name) > 253 or not DNS_NAME.match(name):
+        if not is_object_name(name):
             raise InvalidSpec(f"spec.restartTargets name {str(name)[:64]!r} is not a valid object name")
         out.append((target["kind"], name))
     return tuple(dict.fromkeys(out))
 
 
 def default_dns_names(service: str, namespace: str, cluster_domain: str) -> list[str]:
-    """The names a Service of that name answers to. The bare single-label `<service>` is left out: RFC 5280 linters
-    (pkilint) reject single-label dNSNames, and a client in another namespace cannot use it anyway; add it to
-    spec.dnsNames explicitly where a same-namespace client dials the short name."""
+    """The names a Service of that name answers to in every namespace of the cluster. The bare single-label
+    `<service>` is left out: it means "that Service in MY namespace" to each client, so the default policy does not
+    grant it (policy.py); RFC 5280 linters (pkilint) reject single-label dNSNames too."""
     return [f"{service}.{namespace}", f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.{cluster_domain}"]
 
 
@@ -176,9 +212,6 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any] | None, settings: S
     """Turns a raw spec into the certificate it asks for, or raises InvalidSpec naming the first wrong field."""
     if not isinstance(spec, Mapping):
         raise InvalidSpec("spec must be an object")
-    secret_name = _name_field(spec, "secretName", f"{name}-mtls")
-    service_account = _name_field(spec, "serviceAccountName", name)
-
     usages = _get(spec, "usages", ["server", "client"])
     if not isinstance(usages, list) or not usages or any(u not in ("server", "client") for u in usages):
         raise InvalidSpec(f"spec.usages {usages!r} must list server and/or client")
@@ -190,7 +223,14 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any] | None, settings: S
             raise InvalidSpec(f"spec.dnsNames entry {dns[:64]!r} is not a lower-case DNS name")
     if dns_names and not server:
         raise InvalidSpec("spec.dnsNames only make sense with the server usage")
-    if not dns_names and server and len(name) <= 63:
+    problem = derived_name_problem(name, bool(spec.get("secretName")), server and not dns_names)
+    if problem:
+        raise InvalidSpec(problem)
+    secret_name = _name_field(spec, "secretName", f"{name}{SECRET_SUFFIX}")
+    service_account = _name_field(spec, "serviceAccountName", name)
+    if not dns_names and server:
+        # The name is a DNS label (derived_name_problem): these name a Service of this namespace wherever they are
+        # dialled, which the default policy allows.
         dns_names = default_dns_names(name, namespace, settings.cluster_domain)
     ips: list[str] = []
     for ip in _str_list(spec, "ipAddresses", MAX_IPS):

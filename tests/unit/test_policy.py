@@ -16,9 +16,22 @@ def rule(namespaces=("shop",), dns=(), ips=(), name="p"):
         "namespaces": list(namespaces), "dnsNames": list(dns), "ipAddresses": list(ips)}})
 
 
-@pytest.mark.parametrize("dns", ["api", "api.shop", "api.shop.svc", "api.shop.svc.cluster.local", "cart.shop.svc"])
+@pytest.mark.parametrize("dns", ["api.shop", "api.shop.svc", "api.shop.svc.cluster.local", "cart.shop.svc",
+                                 "cart.shop.svc.cluster.local", "9lives.shop.svc"])
 def test_own_service_names_need_no_policy(settings, dns) -> None:
     assert policy.check(ident(settings, [dns]), [], "cluster.local") is None
+
+
+@pytest.mark.parametrize("dns", ["api", "vault", "postgres", "kubernetes", "localhost"])
+def test_single_label_names_need_a_policy(settings, dns) -> None:
+    """A one-word name means "that Service in MY namespace" to every client in every namespace (and `localhost` means
+    the client's own host): granting it by default let a client elsewhere that dials `vault` accept this namespace's
+    certificate. The denial names the entry and the policy that would allow it."""
+    message = policy.check(ident(settings, [dns]), [], "cluster.local")
+    assert message and repr(dns) in message and "single-label" in message
+    assert f"MtlsIdentityPolicy with namespaces: [shop] and dnsNames: [{dns}]" in message
+    assert policy.check(ident(settings, [dns]), [rule(namespaces=["bank"], dns=[dns])], "cluster.local")
+    assert policy.check(ident(settings, [dns]), [rule(dns=[dns])], "cluster.local") is None
 
 
 def test_defaults_pass(settings) -> None:
@@ -30,6 +43,7 @@ def test_defaults_pass(settings) -> None:
 def test_other_names_are_denied_by_default_and_named(settings, dns) -> None:
     message = policy.check(ident(settings, [dns]), [], "cluster.local")
     assert message and repr(dns) in message
+    assert f"MtlsIdentityPolicy with namespaces: [shop] and dnsNames: [{dns}]" in message
 
 
 def test_ip_addresses_are_denied_by_default(settings) -> None:
