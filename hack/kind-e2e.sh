@@ -57,6 +57,9 @@ report() {
 trap report EXIT
 
 step "binaries" hack/build-bins.sh kind helm kube
+if [[ "${CI:-}" == "true" ]]; then  # CI proves a fresh cluster, never one a developer left behind
+	step "kind cluster (old one removed)" hack/kind.sh down
+fi
 step "kind cluster" hack/kind.sh up
 step "operator image" hack/operator-image.sh "$image"
 step "image into kind" hack/kind.sh load "$image"
