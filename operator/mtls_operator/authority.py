@@ -62,6 +62,10 @@ class AuthorityStatus:
                 condition("Ready", True, "CAValid", f"issuing from {r.ca.fingerprint[:16]}…"),
                 condition("Rotating", phase.phase is not rotation.Phase.STABLE, phase.phase.value or "Stable",
                           f"root rotation phase {phase.phase.value}" if phase.phase.value else "no rotation under way"),
+                # What a phase waits for, by name: an on-call engineer sees who holds the rotation, and until when.
+                condition("RotationWaiting", bool(r.rotator.waiting),
+                          "WaitingForSecrets" if r.rotator.waiting else "NotWaiting",
+                          r.rotator.waiting or "the rotation waits for nothing"),
             ],
         })
         return out

@@ -36,9 +36,15 @@ def build_registry() -> kopf.OperatorRegistry:
         # Pre-fill the Secret cache before any identity event is handled, so a restarted operator finds what it issued
         # instead of trying to create it again.
         # The same for the inputs of the admission checks, so nothing is denied for want of a look.
+        # Ownership is proven against the identities (ownership.py), so they come first; of the labelled Secrets only
+        # metadata is listed, and only those proven ours are read in full.
         namespaces = memo.settings.namespaces
-        for body in await kube.list_all("/api/v1", "secrets", namespaces, tlssecret.MANAGED_SELECTOR):
-            reconciler.secrets.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
+        for body in await kube.list_all(f"/apis/{GROUP}/{VERSION}", PLURAL, namespaces):
+            reconciler.identities.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
+        loop = asyncio.get_running_loop()
+        listed = [(path, *await loop.run_in_executor(None, kube.list_metadata, path, tlssecret.MANAGED_SELECTOR))
+                  for path in kube.secret_paths(namespaces)]
+        await reconciler.prefill_secrets([body for _path, bodies, _version in listed for body in bodies])
         if memo.settings.bundle_configmap:
             for body in await kube.list_all("/api/v1", "configmaps", namespaces, tlssecret.MANAGED_SELECTOR):
                 if body["metadata"]["name"] == memo.settings.bundle_configmap:
@@ -51,7 +57,9 @@ def build_registry() -> kopf.OperatorRegistry:
         except NotFound:
             log.warning("the MtlsIdentityPolicy CRD is not installed: only the default policy applies")
         await reconciler.bootstrap_ca()
-        reconciler.start_ca_watch(asyncio.get_running_loop())
+        reconciler.start_ca_watch(loop)
+        for path, _bodies, version in listed:
+            reconciler.start_secret_watch(loop, path, version)
         memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")
         log.info("mtls-operator started: %d managed Secrets, CA %s", len(reconciler.secrets),
                  "ready" if reconciler.ca else "UNAVAILABLE")
@@ -72,10 +80,6 @@ def build_registry() -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def identity_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.identity_event(event["type"], event["object"])
-
-    @kopf.on.event("v1", "secrets", registry=registry)
-    async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        memo.reconciler.secret_event(event["type"], event["object"])
 
     @kopf.on.event("v1", "configmaps", registry=registry)
     async def configmap_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -109,8 +113,6 @@ class _NoDiffBase(kopf.DiffBaseStorage):
 def configure(settings: kopf.OperatorSettings) -> None:
     # Our own Events only: kopf would otherwise post one per handler run.
     settings.posting.enabled = False
-    # Watch only the Secrets the operator manages, filtered by the API server rather than in this process.
-    settings.watching.label_selectors["v1", "secrets"] = tlssecret.MANAGED_SELECTOR
     settings.watching.label_selectors["v1", "configmaps"] = tlssecret.MANAGED_SELECTOR
     # Serve the resources that exist at start; no list/watch of CRDs and namespaces is needed (least privilege).
     settings.scanning.disabled = True

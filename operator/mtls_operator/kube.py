@@ -26,6 +26,11 @@ from .spec import GROUP, PLURAL, VERSION
 log = logging.getLogger(__name__)
 COMPONENT = "mtls-operator"
 LEASE_REQUEST_TIMEOUT = 4.0  # well inside the renew deadline, so a hung request cannot outlast the lease
+# Metadata only (what `kubectl get --show-kind` and client-go's metadata informers ask for): the API server leaves out
+# data, so a Secret's size never reaches this process unless we GET it.
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA_ONE = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_PAGE = 100
 
 
 class ApiError(Exception):
@@ -69,8 +74,9 @@ class Kube:
     # ---- plumbing ----
 
     def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-                 query: Mapping[str, str] | None = None, timeout: float | None = 30) -> Any:
-        headers = {"Accept": "application/json", "User-Agent": COMPONENT}
+                 query: Mapping[str, str] | None = None, timeout: float | None = 30,
+                 accept: str = "application/json") -> Any:
+        headers = {"Accept": accept, "User-Agent": COMPONENT}
         if body is not None:
             headers["Content-Type"] = content_type
         m, url, h, b, p = self._client.param_serialize(
@@ -305,3 +311,76 @@ class Kube:
             with contextlib.suppress(Exception):
                 raw.release_conn()
 
+
+    # ---- Secrets' metadata only (the identity Secrets' list and watch: look-alikes' data never reaches us) ----
+
+    def secret_paths(self, namespaces: tuple[str, ...]) -> list[str]:
+        return [self._secrets(ns) for ns in namespaces] or ["/api/v1/secrets"]
+
+    def list_metadata(self, path: str, label_selector: str) -> tuple[list[dict[str, Any]], str]:
+        """Blocking: every object's metadata under `path` (PartialObjectMetadata), in small pages, and the list's
+        resourceVersion to watch from. Small pages bound what one response may hold (annotations can reach 256 KiB)."""
+        out: list[dict[str, Any]] = []
+        token, version = "", ""
+        while True:
+            query = {"limit": str(METADATA_PAGE), "labelSelector": label_selector,
+                     **({"continue": token} if token else {})}
+            page = self._request("GET", path, query=query, accept=METADATA_LIST)
+            for item in page.get("items") or []:
+                out.append({"metadata": item.get("metadata") or {}})
+            version = page.get("metadata", {}).get("resourceVersion", version)
+            token = page.get("metadata", {}).get("continue", "")
+            if not token:
+                return out, version
+
+    def watch_metadata(self, path: str, label_selector: str, version: str,
+                       on_event: Callable[[str, dict[str, Any]], None],
+                       on_listed: Callable[[list[dict[str, Any]]], None], stop: threading.Event) -> None:
+        """Blocking (a thread of its own): on_event(type, {"metadata": ...}) for every change under `path` from
+        `version` on, until `stop` is set. When the version has expired (410) or the stream fails, lists again and hands
+        the whole list to on_listed, so deletions missed meanwhile are noticed."""
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                if not version:
+                    items, version = self.list_metadata(path, label_selector)
+                    on_listed(items)
+                backoff = 1.0
+                while not stop.is_set() and version:
+                    version = self._watch_metadata_once(path, label_selector, version, on_event) or ""
+            except Exception as e:  # the watch must outlive API hiccups
+                log.warning("Secret metadata watch on %s failed (%s); retrying in %.0fs", path, e, backoff)
+                version = ""
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _watch_metadata_once(self, path: str, label_selector: str, version: str,
+                             on_event: Callable[[str, dict[str, Any]], None]) -> str | None:
+        m, url, h, b, p = self._client.param_serialize(
+            "GET", path, query_params=[("labelSelector", label_selector), ("watch", "true"),
+                                       ("resourceVersion", version), ("timeoutSeconds", "290"),
+                                       ("allowWatchBookmarks", "true")],
+            header_params={"Accept": METADATA_ONE}, auth_settings=["BearerToken"])
+        resp = self._client.call_api(m, url, h, b, p, _request_timeout=(10, 330))
+        raw = resp.response
+        try:
+            if resp.status >= 400:
+                return None
+            buffer = b""
+            for chunk in raw.stream(4096, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        return None
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        on_event(kind, {"metadata": obj.get("metadata") or {}})
+            return version
+        finally:
+            with contextlib.suppress(Exception):
+                raw.release_conn()

@@ -26,6 +26,10 @@ ca_ready = Gauge("mtls_operator_ca_ready", "1 when the issuing CA is loaded and 
 leader = Gauge("mtls_operator_leader", "1 while this replica holds the lease and acts; 0 while it stands by")
 ca_rotation_phase = Gauge(
     "mtls_operator_ca_rotation_phase", "root rotation: 0 stable, 1 propagating, 2 reissuing, 3 retiring")
+ca_rotation_waiting = Gauge(
+    "mtls_operator_ca_rotation_waiting",
+    "identity Secrets (and bundle ConfigMaps) the current rotation phase waits for: without the new bundle, or with a "
+    "leaf from the old root", ("waiting_for",))
 ca_expiry = Gauge("mtls_operator_ca_expiry_timestamp_seconds", "notAfter of the issuing CA")
 
 

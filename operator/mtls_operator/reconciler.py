@@ -19,7 +19,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from . import ca as ca_mod
-from . import metrics, pki, plan, policy, rotation, status, tlssecret
+from . import metrics, ownership, pki, plan, policy, rotation, status, tlssecret
 from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .config import Settings
@@ -83,7 +83,8 @@ class NewestCache:
 
     MAX_TOMBSTONES = 10000
 
-    def __init__(self) -> None:
+    def __init__(self, trim=None) -> None:
+        self._trim = trim  # what of an object is kept (default: all but managedFields)
         self._items: dict[Hashable, dict[str, Any]] = {}
         self._deleted: dict[str, None] = {}  # uids, oldest first
 
@@ -92,6 +93,9 @@ class NewestCache:
             return
         current = self._items.get(key)
         if current is None or _uid(current) != _uid(body) or _rv(body) >= _rv(current) or not _rv(body):
+            if self._trim is not None:
+                self._items[key] = self._trim(body)
+                return
             item = dict(body)
             # managedFields is often the largest part of an object and nothing here reads it.
             item["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
@@ -128,7 +132,8 @@ class Reconciler:
         self.kube = kube
         self.clock = clock
         self.identities = NewestCache()  # (ns, name) -> MtlsIdentity
-        self.secrets = NewestCache()  # (ns, secretName) -> managed Secret
+        # (ns, secretName) -> a Secret proven ours (ownership.py), only the data fields we read. Nothing else is kept.
+        self.secrets = NewestCache(ownership.trimmed)
         self.ca: ca_mod.CA | None = None
         self.ca_error = "the CA has not been loaded yet"
         self.scheduler = Scheduler(self.trigger, clock)
@@ -183,19 +188,71 @@ class Reconciler:
             return  # only the status changed (our own write, as a rule): nothing to decide
         self.trigger(key)
 
+    def proven_owner(self, secret: Mapping[str, Any]) -> Key | None:
+        """The identity that owns this Secret by proof (ownership.py), or None: a label and a claim prove nothing."""
+        claim = ownership.claimed_owner(secret)
+        if claim is None:
+            return None
+        key = (claim[0], claim[1])
+        identity = self.identities.get(key)
+        spec = self._spec(key, identity) if identity is not None else None
+        secret_name = spec.secret_name if isinstance(spec, IdentitySpec) else None
+        return key if ownership.proves(secret, identity, secret_name) else None
+
     def secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A change of a labelled Secret, as metadata only (kube.watch_metadata): the data of a Secret proven ours is
+        fetched by name; any other Secret costs a glance at its metadata and is forgotten."""
         meta = body["metadata"]
         skey = (meta["namespace"], meta["name"])
+        known = self.secrets.get(skey)
         if event_type == "DELETED":
             self.secrets.drop(skey, body)
-        else:
-            known = self.secrets.get(skey)
+            if known is not None and _uid(known) == _uid(body):
+                self._trigger_claimed(known)
+            return
+        owner = self.proven_owner(body)
+        if owner is None:
+            if known is not None and _uid(known) == _uid(body):
+                self.secrets.drop(skey)  # ours no longer (its reference edited, or the identity names another Secret)
+                self._trigger_claimed(known)
+            return
+        if known is not None and _uid(known) == _uid(body) and _rv(known) >= _rv(body):
+            return  # the echo of our own write (its response is already cached): nothing new
+        self.spawn(self._fetch_secret(skey, owner))
+
+    def secrets_listed(self, namespace: str | None, bodies: list[dict[str, Any]]) -> None:
+        """A fresh list after the watch broke off: what is gone from it was deleted meanwhile."""
+        present = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies}
+        for skey in self.secrets:
+            if (namespace is None or skey[0] == namespace) and skey not in present:
+                known = self.secrets.get(skey)
+                self.secrets.drop(skey)
+                if known is not None:
+                    self._trigger_claimed(known)
+        for body in bodies:
+            self.secret_event("ADDED", body)
+
+    async def prefill_secrets(self, bodies: list[dict[str, Any]]) -> None:
+        """Start-up: the data of the Secrets proven ours, one GET each (in parallel, bounded by the API pool); a
+        look-alike's data is never fetched."""
+        proven = [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies if self.proven_owner(b)]
+        await asyncio.gather(*(self._fetch_secret(skey, None) for skey in proven))
+
+    async def _fetch_secret(self, skey: Key, owner: Key | None) -> None:
+        try:
+            body = await self.kube.get_secret(*skey)
+        except ApiError as e:  # the reconcile reads it again when its write conflicts
+            log.warning("could not read Secret %s/%s: %s", *skey, e)
+            body = None
+        if body is not None and self.proven_owner(body) is not None:
             self.secrets.put(skey, body)
-            if event_type is not None and known is not None and _uid(known) == _uid(body) and _rv(known) >= _rv(body):
-                return  # the echo of our own write (its response is already cached): nothing new
-        owner = tlssecret.controller_ref(body).get("name")
-        if owner:
-            self.trigger((meta["namespace"], owner))
+        if owner is not None:
+            self.trigger(owner)
+
+    def _trigger_claimed(self, secret: Mapping[str, Any]) -> None:
+        claim = ownership.claimed_owner(secret)
+        if claim is not None:
+            self.trigger((claim[0], claim[1]))
 
     def service_account_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         sa = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -303,6 +360,22 @@ class Reconciler:
 
         thread = threading.Thread(target=self.kube.watch_secret, name="ca-watch", daemon=True,
                                   args=(s.ca_namespace, s.ca_secret_name, on_change, self._ca_watch_stop))
+        thread.start()
+
+    def start_secret_watch(self, loop: asyncio.AbstractEventLoop, path: str, version: str) -> None:
+        """The labelled Secrets under one path, metadata only (kube.watch_metadata), from the start-up list's version.
+        kopf's watch would hand every look-alike's whole body to this process (and hold it while its worker idles)."""
+        namespace = path.split("/namespaces/", 1)[1].split("/", 1)[0] if "/namespaces/" in path else None
+
+        def on_event(event_type: str, body: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(self.secret_event, event_type, body)
+
+        def on_listed(bodies: list[dict[str, Any]]) -> None:
+            loop.call_soon_threadsafe(self.secrets_listed, namespace, bodies)
+
+        thread = threading.Thread(target=self.kube.watch_metadata, name=f"secret-watch:{namespace or '*'}",
+                                  daemon=True, args=(path, tlssecret.MANAGED_SELECTOR, version, on_event, on_listed,
+                                                     self._ca_watch_stop))
         thread.start()
 
     def stop(self) -> None:
@@ -420,7 +493,7 @@ class Reconciler:
                 # read it fresh and decide again.
                 log.debug("secret %s/%s changed under us (%s); deciding again", *skey, e.reason)
                 fresh = await self.kube.get_secret(*skey)
-                if fresh is not None and tlssecret.controller_ref(fresh).get("uid") == meta["uid"]:
+                if fresh is not None and self.proven_owner(fresh) == key:
                     self.secrets.put(skey, fresh)
                 elif fresh is not None:
                     self._conflicted.add(key)

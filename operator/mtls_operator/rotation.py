@@ -83,6 +83,53 @@ class Progress:
     stalled: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    """How a phase's wait for identity Secrets stands. The stall is counted from the last *progress*: the number waited
+    for falling below the fewest seen so far in this phase. A count that rises and falls again (a tenant's churn, a
+    Secret edited then healed) is no progress, so it cannot restart the stall timer: only a straggler truly moving on
+    can, and that happens at most once per straggler."""
+
+    phase: Phase
+    fewest: int  # the fewest Secrets (and bundle ConfigMaps) waited for so far in this phase
+    progressed_at: dt.datetime  # when `fewest` last fell, or the phase's wait began
+
+
+def track_wait(previous: Wait | None, phase: Phase, waiting: int, now: dt.datetime) -> Wait:
+    if previous is None or previous.phase is not phase or waiting < previous.fewest:
+        return Wait(phase, waiting, now)
+    return previous
+
+
+def waiting_for(phase: Phase, stale_bundle: int, old_issuer: int) -> int:
+    """What the phase waits for: new bundles everywhere (Propagating); also leaves from the new root (Reissuing)."""
+    if phase is Phase.PROPAGATING:
+        return stale_bundle
+    if phase is Phase.REISSUING:
+        return stale_bundle + old_issuer
+    return 0
+
+
+def describe_wait(phase: Phase, stale: list[str], old: list[str], configmaps: int, moves_on_at: dt.datetime,
+                  shown: int = 5) -> str:
+    """One line for an Event, the MtlsAuthority condition and the log: what the phase waits for, by name, and when it
+    gives up waiting."""
+    parts = []
+    if stale:
+        parts.append(f"{len(stale)} Secrets without the new trust bundle ({_names(stale, shown)})")
+    if configmaps:
+        parts.append(f"{configmaps} trust-bundle ConfigMaps not yet updated")
+    if old and phase is Phase.REISSUING:
+        parts.append(f"{len(old)} Secrets with a certificate from the old root ({_names(old, shown)})")
+    when = moves_on_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"root rotation phase {phase.value} waits for {'; '.join(parts)}; moves on without them at {when}"
+
+
+def _names(names: list[str], shown: int) -> str:
+    first = sorted(names)[:shown]
+    return ", ".join(first) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def parse_state(annotations: Mapping[str, str], request_key: str = ANN_REQUEST,
                 handled_key: str = ANN_HANDLED) -> State:
     try:

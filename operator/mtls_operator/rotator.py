@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 KEY = ("", "ca-rotation")  # the scheduler key of the rotation's own timer
+WAIT_REPORT_INTERVAL = 5.0  # seconds between refreshes of a wait's MtlsAuthority condition
 PHASE_NUMBER = {rotation.Phase.STABLE: 0, rotation.Phase.PROPAGATING: 1, rotation.Phase.REISSUING: 2,
                 rotation.Phase.RETIRING: 3}
 
@@ -31,19 +32,22 @@ class RootRotator:
         self.r = reconciler
         self.timing = timing
         self._lock = asyncio.Lock()
-        self._counts: tuple[tuple[Any, int, int], dt.datetime] | None = None  # (phase, stale, old), since
+        self._wait: rotation.Wait | None = None
+        self._warned: rotation.Wait | None = None  # the wait a Warning Event was raised for (once per stall)
+        self.waiting = ""  # what the current phase waits for (the MtlsAuthority condition), or "" when it does not
+        self._waiting_published = 0.0
         self._current: tuple[Any, dt.datetime] | None = None  # (phase, since every bundle is current)
         self._wake: dt.datetime | None = None
 
     def progress(self, authority: ca_mod.CA, phase: rotation.Phase, now: dt.datetime) -> rotation.Progress:
         """The counts, and what they mean over time (kept in memory: after a restart every wait starts afresh, which
         only ever makes a phase longer)."""
-        stale, old = self._count(authority)
-        key = (phase, stale, old)
-        if self._counts is None or self._counts[0] != key:
-            self._counts = (key, now)
-        changed_at = self._counts[1]
+        stale_names, old_names, configmaps = self._count(authority)
+        stale, old = len(stale_names) + configmaps, len(old_names)
+        self._wait = rotation.track_wait(self._wait, phase, rotation.waiting_for(phase, stale, old), now)
+        changed_at = self._wait.progressed_at
         stalled = now - changed_at >= self.timing.stall
+        self._report_wait(phase, stale_names, old_names, configmaps, now)
         if stale == 0:
             if self._current is None or self._current[0] != phase:
                 self._current = (phase, now)
@@ -53,23 +57,57 @@ class RootRotator:
             current_since = changed_at if stalled else None
         return rotation.Progress(stale, old, bundles_current_since=current_since, stalled=stalled)
 
-    def _count(self, authority: ca_mod.CA) -> tuple[int, int]:
+    def _count(self, authority: ca_mod.CA) -> tuple[list[str], list[str], int]:
+        """(Secrets with an old bundle, Secrets with a leaf from another issuer, stale bundle ConfigMaps), named
+        `namespace/name`. Only Secrets proven ours are in the cache (ownership.py), and the proof is checked again
+        here: a look-alike is never waited for."""
         bundle = b64(authority.bundle_pem)
-        stale = old = 0
+        stale: list[str] = []
+        old: list[str] = []
         for key in self.r.secrets:
             body = self.r.secrets.get(key)
-            owner = tlssecret.controller_ref(body or {}).get("name")
+            owner = self.r.proven_owner(body) if body is not None else None
             # Secrets of identities that cannot be served now (denied, invalid, gone) would hold the rotation for
             # nothing: only identities the operator can issue for are waited on.
-            if not owner or not self.r.servable((key[0], owner)):
+            if owner is None or body is None or not self.r.servable(owner):
                 continue
             if (body.get("data") or {}).get("ca.crt") != bundle:
-                stale += 1
+                stale.append(f"{key[0]}/{key[1]}")
             if (body.get("metadata", {}).get("annotations") or {}).get(tlssecret.ANN_ISSUER) != authority.fingerprint:
-                old += 1
-        if self.r.settings.bundle_configmap:
-            stale += self.r.bundles.stale()
-        return stale, old
+                old.append(f"{key[0]}/{key[1]}")
+        configmaps = self.r.bundles.stale() if self.r.settings.bundle_configmap else 0
+        return stale, old, configmaps
+
+    def _report_wait(self, phase: rotation.Phase, stale: list[str], old: list[str], configmaps: int,
+                     now: dt.datetime) -> None:
+        """A phase that waits says so: a gauge per thing waited for, the MtlsAuthority condition (refreshed at most
+        every few seconds, so a large fleet moving on costs few status writes), and one Warning Event on the CA Secret
+        once the wait has made no progress for a quarter of --ca-stall."""
+        wait = self._wait
+        counts = {"bundle": len(stale) + configmaps, "issuer": len(old) if phase is rotation.Phase.REISSUING else 0}
+        if wait is None or not rotation.waiting_for(phase, counts["bundle"], counts["issuer"]):
+            counts = {"bundle": 0, "issuer": 0}
+        for what, n in counts.items():
+            metrics.ca_rotation_waiting.labels(what).set(n)
+        if not any(counts.values()):
+            if self.waiting:
+                self.waiting = ""
+                self.r.spawn(self.r.authority.publish())
+            return
+        assert wait is not None
+        message = rotation.describe_wait(phase, stale, old if phase is rotation.Phase.REISSUING else [], configmaps,
+                                         wait.progressed_at + self.timing.stall)
+        loop_now = asyncio.get_running_loop().time()
+        if not self.waiting or loop_now - self._waiting_published >= WAIT_REPORT_INTERVAL:
+            self.waiting, self._waiting_published = message, loop_now
+            self.r.spawn(self.r.authority.publish())
+        if now - wait.progressed_at >= self.timing.stall / 4 and self._warned != wait:
+            self._warned = wait
+            self.waiting, self._waiting_published = message, loop_now
+            self.r.spawn(self.r.authority.publish())
+            log.warning("CA %s", message)
+            if self.r.ca_secret is not None:
+                self.r._event(self.r.ca_secret, "Secret", "Warning", "RotationWaiting", message)
 
     def _schedule(self, when: dt.datetime) -> None:
         """The next look: the earliest that any part of one check asked for."""

@@ -1,0 +1,164 @@
+"""Ownership by proof (ownership.py) and a rotation a tenant cannot hold (rotation.track_wait, rotator.progress): the
+reconciler and rotator driven directly, with a fake API that records what it is asked."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from mtls_operator import metrics, ownership, rotation
+from mtls_operator.reconciler import Reconciler
+from mtls_operator.tlssecret import b64
+
+from .conftest import NOW, UID
+
+OTHER_UID = "99999999-2222-3333-4444-555555555555"
+
+
+class FakeKube:
+    """Records reads and Events; serves the Secrets it was given."""
+
+    def __init__(self, secrets: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
+        self.secrets = secrets or {}
+        self.reads: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str, str]] = []
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append((namespace, name))
+        return self.secrets.get((namespace, name))
+
+    async def post_event(self, involved: Any, kind: str, event_type: str, reason: str, message: str) -> None:
+        self.events.append((event_type, reason, message))
+
+    async def patch_authority_status(self, name: str, status: Any) -> dict[str, Any]:
+        return {}
+
+
+def identity(name: str, uid: str = UID, secret_name: str | None = None) -> dict[str, Any]:
+    return {"metadata": {"namespace": "shop", "name": name, "uid": uid, "generation": 1, "resourceVersion": "1"},
+            "spec": {"secretName": secret_name} if secret_name else {}}
+
+
+def secret(name: str, owner: str, uid: str = UID, data: dict[str, str] | None = None, rv: str = "5") -> dict[str, Any]:
+    return {"metadata": {"namespace": "shop", "name": name, "uid": f"s-{name}", "resourceVersion": rv,
+                         "labels": {"app.kubernetes.io/managed-by": "mtls-operator"},
+                         "ownerReferences": [{"apiVersion": "mtls-operator.io/v1alpha1", "kind": "MtlsIdentity",
+                                              "name": owner, "uid": uid, "controller": True}]},
+            "data": data or {}}
+
+
+def metadata_only(body: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": body["metadata"]}
+
+
+async def drain(r: Reconciler) -> None:
+    while r._tasks:
+        await asyncio.gather(*list(r._tasks), return_exceptions=True)
+
+
+def test_proof_needs_the_identitys_uid_and_the_name_its_spec_gives(settings) -> None:
+    ident = identity("api")
+    assert ownership.proves(secret("api-mtls", "api"), ident, "api-mtls")
+    assert not ownership.proves(secret("lookalike-1", "api"), ident, "api-mtls")  # right uid, another name
+    assert not ownership.proves(secret("api-mtls", "api", OTHER_UID), ident, "api-mtls")  # a deleted namesake's
+    assert not ownership.proves(secret("api-mtls", "api"), None, "api-mtls")  # no such identity
+    assert not ownership.proves(secret("api-mtls", "api"), ident, None)  # an invalid spec owns nothing
+    unowned = secret("api-mtls", "api")
+    unowned["metadata"]["ownerReferences"][0]["controller"] = False
+    assert not ownership.proves(unowned, ident, "api-mtls")
+
+
+def test_lookalike_secrets_are_neither_read_nor_cached(settings) -> None:
+    """Bad input 100: a tenant's labelled Secrets owned by its own identity. Before: each was cached whole."""
+    big = base64.b64encode(b"x" * 100_000).decode()
+    own = secret("api-mtls", "api", data={"tls.crt": "Y3J0", "tls.key": "a2V5", "ca.crt": "Y2E=", "junk": big})
+
+    async def run() -> tuple[Reconciler, FakeKube, list]:
+        kube = FakeKube({("shop", "api-mtls"): own})
+        r = Reconciler(settings, kube)  # type: ignore[arg-type]
+        triggered: list = []
+        r.trigger = triggered.append  # type: ignore[method-assign]
+        r.identities.put(("shop", "api"), identity("api"))
+        for i in range(20):
+            r.secret_event("ADDED", secret(f"lookalike-{i}", "api", data={"tls.crt": big}))
+        r.secret_event("ADDED", secret("api-mtls", "api", OTHER_UID, data={"tls.crt": big}))
+        await drain(r)
+        assert len(r.secrets) == 0 and kube.reads == []
+        # The one Secret the identity names: read by name, kept without what the operator never reads.
+        r.secret_event("ADDED", metadata_only(own))
+        await drain(r)
+        return r, kube, triggered
+
+    r, kube, triggered = asyncio.run(run())
+    assert kube.reads == [("shop", "api-mtls")]
+    assert list(r.secrets) == [("shop", "api-mtls")]
+    assert set(r.secrets.get(("shop", "api-mtls"))["data"]) == set(ownership.DATA_KEYS)
+    assert triggered == [("shop", "api")]
+
+
+def test_a_secret_that_stops_being_proven_is_forgotten(settings) -> None:
+    own = secret("api-mtls", "api", data={"tls.crt": "Y3J0"})
+
+    async def run() -> Reconciler:
+        r = Reconciler(settings, FakeKube({("shop", "api-mtls"): own}))  # type: ignore[arg-type]
+        r.trigger = lambda key: None  # type: ignore[method-assign]
+        r.identities.put(("shop", "api"), identity("api"))
+        await r.prefill_secrets([metadata_only(own), metadata_only(secret("lookalike", "api"))])
+        assert list(r.secrets) == [("shop", "api-mtls")]
+        retargeted = secret("api-mtls", "api", OTHER_UID, rv="6")  # its reference now names someone else
+        r.secret_event("MODIFIED", metadata_only(retargeted))
+        return r
+
+    assert len(asyncio.run(run()).secrets) == 0
+
+
+def test_churn_does_not_restart_the_stall_timer() -> None:
+    stall = dt.timedelta(hours=1)
+    wait = rotation.track_wait(None, rotation.Phase.REISSUING, 3, NOW)
+    for minutes, count in ((10, 8), (20, 3), (30, 9), (40, 3), (50, 5)):
+        wait = rotation.track_wait(wait, rotation.Phase.REISSUING, count, NOW + dt.timedelta(minutes=minutes))
+    assert wait.progressed_at == NOW  # risen and fallen back: no progress
+    wait = rotation.track_wait(wait, rotation.Phase.REISSUING, 2, NOW + dt.timedelta(minutes=55))
+    assert wait.progressed_at == NOW + dt.timedelta(minutes=55)  # a straggler moved on: progress
+    assert rotation.track_wait(wait, rotation.Phase.RETIRING, 2, NOW + stall).progressed_at == NOW + stall
+
+
+def test_a_tenant_churning_its_secret_cannot_hold_the_rotation_and_the_wait_is_reported(settings, root) -> None:
+    """Bad input 101: a tenant edits its own identity's Secret back and forth (the operator heals it each time), so
+    the count of Secrets a phase waits for keeps changing. Before: every change restarted the --ca-stall timer."""
+    settings = dataclasses.replace(settings, ca_stall=dt.timedelta(hours=1), bundle_configmap="")
+    current, old = b64(root.bundle_pem), b64(b"an old bundle")
+    clock = [NOW]
+
+    async def run() -> tuple[Reconciler, list[bool], FakeKube]:
+        kube = FakeKube()
+        r = Reconciler(settings, kube, clock=lambda: clock[0])  # type: ignore[arg-type]
+        r.trigger = lambda key: None  # type: ignore[method-assign]
+        r.ca, r.ca_secret = root, {"metadata": {"namespace": "mtls-operator", "name": "mtls-operator-ca"}}
+        for name in ("stuck", "churn"):
+            r.identities.put(("shop", name), identity(name, uid=f"u-{name}"))
+        r.secrets.put(("shop", "stuck-mtls"), secret("stuck-mtls", "stuck", "u-stuck", {"ca.crt": old}))
+        # A look-alike slipped into the cache anyway is not counted either: the proof is checked again.
+        r.secrets.put(("shop", "lookalike"), secret("lookalike", "churn", "u-churn", {"ca.crt": old}))
+        stalled = []
+        for minutes, churn in ((0, current), (20, old), (25, current), (40, old), (45, current), (61, current)):
+            clock[0] = NOW + dt.timedelta(minutes=minutes)
+            r.secrets.put(("shop", "churn-mtls"), secret("churn-mtls", "churn", "u-churn", {"ca.crt": churn},
+                                                         rv=str(10 + minutes)))
+            stalled.append(r.rotator.progress(root, rotation.Phase.PROPAGATING, clock[0]).stalled)
+            if minutes == 20:
+                assert "shop/stuck-mtls" in r.rotator.waiting and "shop/churn-mtls" in r.rotator.waiting
+        await drain(r)
+        return r, stalled, kube
+
+    r, stalled, kube = asyncio.run(run())
+    assert stalled == [False] * 5 + [True]
+    warnings = [e for e in kube.events if e[1] == "RotationWaiting"]
+    assert len(warnings) == 1 and warnings[0][0] == "Warning" and "shop/stuck-mtls" in warnings[0][2]
+    assert "lookalike" not in r.rotator.waiting
+    assert metrics.ca_rotation_waiting.labels("bundle")._value.get() == 1
+    waiting = next(c for c in r.authority.desired()["conditions"] if c["type"] == "RotationWaiting")
+    assert waiting["status"] == "True" and "shop/stuck-mtls" in waiting["message"]
