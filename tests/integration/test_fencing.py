@@ -32,10 +32,12 @@ def _holder(api: Api) -> str:
 def _probe(proc: OperatorProcess, path: str) -> tuple[int, dict[str, Any]]:
     assert proc.proc is not None and proc.proc.poll() is None, f"operator exited:\n{proc.log()[-3000:]}"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{proc.health_port}{path}", timeout=3) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.health_port}{path}", timeout=5) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+    except OSError:  # a slow answer on a loaded machine: the caller polls again
+        return 0, {}
 
 
 def _by(proc: OperatorProcess, event: dict[str, Any]) -> bool:
@@ -69,7 +71,7 @@ def test_a_paused_leader_writes_nothing_once_another_replica_holds_the_lease(
             api.wait_ready(ns, name, timeout=120)
         new = other_operator(operator, *LEASE).start()
         try:
-            wait_for("the second replica to stand by", lambda: _probe(new, "/healthz")[1]["role"] == "standby")
+            wait_for("the second replica to stand by", lambda: _probe(new, "/healthz")[1].get("role") == "standby")
             os.kill(old.proc.pid, signal.SIGSTOP)
             try:
                 for name in names:  # work the paused leader will find on waking
@@ -82,7 +84,7 @@ def test_a_paused_leader_writes_nothing_once_another_replica_holds_the_lease(
             finally:
                 os.kill(old.proc.pid, signal.SIGCONT)
             wait_for("the old leader to step down and stand by",
-                     lambda: _probe(old, "/healthz")[1]["role"] == "standby", timeout=60)
+                     lambda: _probe(old, "/healthz")[1].get("role") == "standby", timeout=60)
             assert "lost lease" in old.log()
             # It stands by still (another holder): give any straggler every chance to show up in the audit log.
             wait_for("the old leader to campaign again",
