@@ -76,7 +76,7 @@ async def _operate(settings: config.Settings) -> int:
         state.stopping = True
         metrics.leader.set(0)
         if elector is not None:
-            elector.stop_keeping()
+            await asyncio.to_thread(elector.stop_keeping)
             await asyncio.to_thread(elector.release)
         kube.close()
         await health.stop()
@@ -120,13 +120,19 @@ async def _lead(settings: config.Settings, identity: str, kube: Any, elector: An
     if elector is not None:
         elector.start_keeping(lambda reason: loop.call_soon_threadsafe(step_down, reason))
 
+    ready = asyncio.Event()
+
     async def relay_shutdown() -> None:
+        # kopf installs SIGTERM/SIGINT handlers of its own as it starts; once it is up, ours take over again, so that
+        # a signal during a step-down still ends the process instead of starting a new campaign.
+        await ready.wait()
+        _on_signals(shutdown.set)
         await shutdown.wait()
         stop.set()
 
     relay = asyncio.create_task(relay_shutdown(), name="shutdown-relay")
     metrics.leader.set(1)
-    state.memo, state.kopf_ready, state.insights = memo, asyncio.Event(), _kopf_insights()
+    state.memo, state.kopf_ready, state.insights = memo, ready, _kopf_insights()
     state.leading = True
     try:
         await kopf.operator(
@@ -140,7 +146,7 @@ async def _lead(settings: config.Settings, identity: str, kube: Any, elector: An
     finally:
         relay.cancel()
         if elector is not None:
-            elector.stop_keeping()
+            await asyncio.to_thread(elector.stop_keeping)  # joins the thread: not on the event loop
         state.leading = False
         state.memo = state.kopf_ready = state.insights = None
         metrics.leader.set(0)
