@@ -213,6 +213,7 @@ class LocalCluster:
     workdir: Path = field(default=Path())
     server: str = ""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)  # how each was started, for resume()
 
     def start(self, timeout: float = 60.0) -> LocalCluster:
         bins, kube = bin_dir(), kube_bin_dir()
@@ -296,8 +297,21 @@ class LocalCluster:
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = (self.workdir / f"{name}.log").open("wb")
+    def halt(self, name: str = "kube-apiserver", grace: float = 10.0) -> None:
+        """Stops one component (SIGTERM, SIGKILL after the grace), as an outage or a restart would; `resume` starts it
+        again with the same arguments, ports and data. For tests of how clients live through an API-server outage."""
+        proc = self.procs.pop(name)
+        _terminate(proc.pid, grace)
+        proc.wait()
+
+    def resume(self, name: str = "kube-apiserver", timeout: float = 60.0) -> None:
+        self._spawn(name, self.argv[name], append_log=True)
+        if name == "kube-apiserver":
+            self._wait_readyz(timeout)
+
+    def _spawn(self, name: str, argv: list[str], append_log: bool = False) -> None:
+        self.argv[name] = argv
+        log = (self.workdir / f"{name}.log").open("ab" if append_log else "wb")
         self.procs[name] = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
             start_new_session=True,  # a Ctrl-C on the terminal reaches us, and we stop them in order

@@ -39,12 +39,13 @@ def _kopf_insights() -> Any:
 
 
 async def _operate(settings: config.Settings) -> int:
-    import kopf
-
+    """Campaigns, leads until the lease is lost, steps down and campaigns again — until a signal. Kubernetes would
+    restart a process that exited on a lost lease anyway; staying up keeps /healthz and /readyz answering through an
+    API-server outage, and a fresh kopf run per term rebuilds every cache and catches up on what fell due."""
     from . import metrics
-    from .handlers import build_registry
+    from .fence import Fence
     from .health import HealthServer, ProcessState
-    from .kube import Kube
+    from .kube import COMPONENT, Kube
     from .leader import LeaderElection, LeaseTiming, replica_identity
 
     metrics.serve(settings.metrics_port)
@@ -52,46 +53,106 @@ async def _operate(settings: config.Settings) -> int:
     state = ProcessState(settings)
     health = HealthServer(settings.health_port, state.snapshot)
     await health.start()
-    kube = Kube(workers=settings.api_workers)
-    stop = asyncio.Event()
-    lost = []
-    elector = keeper = None
+    fence = Fence() if settings.leader_election else None
+    kube = Kube(workers=settings.api_workers, fence=fence, user_agent=f"{COMPONENT}/{__version__} ({identity})")
+    shutdown = asyncio.Event()
+    _on_signals(shutdown.set)
+    elector = None
     try:
         if settings.leader_election:
+            assert fence is not None
             elector = LeaderElection(kube, settings.ca_namespace, settings.lease_name, identity,
-                                     LeaseTiming.for_duration(settings.lease_duration.total_seconds()))
+                                     LeaseTiming.for_duration(settings.lease_duration.total_seconds()), fence)
             state.elector = elector
-            await elector.acquire()
+        while not shutdown.is_set():
+            if elector is not None and not await elector.acquire(shutdown):
+                break
+            lost = await _lead(settings, identity, kube, elector, state, shutdown)
+            _on_signals(shutdown.set)  # kopf replaced our handlers with its own for its run
+            if not lost:
+                break
+            log.warning("stepped down; standing by to campaign again")
+    finally:
+        state.stopping = True
+        metrics.leader.set(0)
+        if elector is not None:
+            await asyncio.to_thread(elector.stop_keeping)
+            await asyncio.to_thread(elector.release)
+        kube.close()
+        await health.stop()
+    return 0
 
-            def on_lost() -> None:
-                lost.append(True)
-                state.stopping = True
-                metrics.leader.set(0)
-                stop.set()
 
-            keeper = asyncio.create_task(elector.keep(on_lost), name="lease-renewal")
-        metrics.leader.set(1)
-        state.leading = True
-        state.memo = kopf.Memo(settings=settings, kube=kube, lease_keeper=keeper, stop=stop)
-        state.kopf_ready = asyncio.Event()
-        state.insights = _kopf_insights()
+def _on_signals(handler: Any) -> None:
+    """SIGTERM/SIGINT end the process cleanly (lease released) whether it leads or stands by."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handler)
+
+
+async def _lead(settings: config.Settings, identity: str, kube: Any, elector: Any, state: Any,
+                shutdown: asyncio.Event) -> bool:
+    """One term as leader: kopf runs until the lease is lost (returns True) or the process is told to stop (False).
+    On a loss the fence is already closed (leader.py); here the in-flight work is cancelled as well."""
+    import kopf
+
+    from . import metrics
+    from .handlers import build_registry
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    lost: list[str] = []
+    memo = kopf.Memo(settings=settings, kube=kube, stop=stop)
+
+    def step_down(reason: str) -> None:
+        if lost:
+            return
+        lost.append(reason)
+        state.leading = False
+        metrics.leader.set(0)
+        reconciler = getattr(memo, "reconciler", None)
+        if reconciler is not None:
+            reconciler.stop()
+        stop.set()
+
+    if elector is not None:
+        elector.start_keeping(lambda reason: loop.call_soon_threadsafe(step_down, reason))
+
+    ready = asyncio.Event()
+
+    async def relay_shutdown() -> None:
+        # kopf installs SIGTERM/SIGINT handlers of its own as it starts; once it is up, ours take over again, so that
+        # a signal during a step-down still ends the process instead of starting a new campaign.
+        await ready.wait()
+        _on_signals(shutdown.set)
+        await shutdown.wait()
+        stop.set()
+
+    relay = asyncio.create_task(relay_shutdown(), name="shutdown-relay")
+    metrics.leader.set(1)
+    state.memo, state.kopf_ready, state.insights = memo, ready, _kopf_insights()
+    state.leading = True
+    try:
         await kopf.operator(
             registry=build_registry(),
-            memo=state.memo,
+            memo=memo,
             stop_flag=stop,
             ready_flag=state.kopf_ready,
             **({"insights": state.insights} if state.insights is not None else {}),
             **kopf_options(settings, identity),
         )
     finally:
-        state.stopping = True
-        if keeper:
-            keeper.cancel()
-        if elector:
-            await elector.release()
-        kube.close()
-        await health.stop()
-    return 1 if lost else 0
+        relay.cancel()
+        if elector is not None:
+            await asyncio.to_thread(elector.stop_keeping)  # joins the thread: not on the event loop
+        state.leading = False
+        state.memo = state.kopf_ready = state.insights = None
+        metrics.leader.set(0)
+    if not lost and not shutdown.is_set():
+        shutdown.set()  # kopf stopped on its own signal handler: a clean shutdown
+    return bool(lost)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -68,10 +68,9 @@ def build_registry() -> kopf.OperatorRegistry:
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         # Our long-running tasks end here, and kopf's waiter on our stop flag with them: kopf would otherwise wait
         # 5 s for them as "hung" before exiting.
-        for name in ("scheduler_task", "lease_keeper"):
-            task = getattr(memo, name, None)
-            if task:
-                task.cancel()
+        task = getattr(memo, "scheduler_task", None)
+        if task:
+            task.cancel()
         if getattr(memo, "stop", None):
             memo.stop.set()
         if getattr(memo, "reconciler", None):

@@ -8,7 +8,6 @@ thousands of identities can outlast a liveness probe's patience).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,7 +63,8 @@ class ProcessState:
             role=self._role(),
             leader_election=s.leader_election,
             lease_looping=bool(elector and elector.looping),
-            lease_age=(time.monotonic() - elector.last_contact) if elector and elector.last_contact else None,
+            lease_age=(elector.clock() - elector.last_contact) if elector and elector.last_contact else None,
+            lease_held=bool(elector is None or elector.fence.is_open()),
             lease_stale_after=s.lease_duration.total_seconds(),
             ca_problem=ca_problem,
             operator_started=bool(self.kopf_ready is not None and self.kopf_ready.is_set()),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import datetime as dt
 import json
 import logging
@@ -21,6 +22,7 @@ from urllib.parse import quote
 
 import kubernetes
 
+from .fence import Fence
 from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ LEASE_REQUEST_TIMEOUT = 4.0  # well inside the renew deadline, so a hung request
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 METADATA_ONE = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 METADATA_PAGE = 100
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class ApiError(Exception):
@@ -47,6 +50,14 @@ class Conflict(ApiError):
     """409: AlreadyExists on create, or a stale resourceVersion on update."""
 
 
+class Fenced(ApiError):
+    """Refused before it left the process: this replica no longer holds the lease with margin (fence.py). An ApiError
+    (status 0), so every caller's handling of a failed write applies; nothing was sent."""
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(0, "Fenced", f"{method} {path} not sent: this replica does not hold the lease")
+
+
 def load_client_config() -> kubernetes.client.Configuration:
     """In-cluster service-account credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
     config = kubernetes.client.Configuration()
@@ -58,31 +69,50 @@ def load_client_config() -> kubernetes.client.Configuration:
 
 
 class Kube:
-    def __init__(self, config: kubernetes.client.Configuration | None = None, workers: int = 16) -> None:
+    """`fence`: when given (leader election on), every mutating call but the Lease's own is refused once it is closed —
+    checked in the worker thread just before the request is sent, so work that waited (a queue, a key generation, a
+    paused process) cannot slip a write past a lost lease. `user_agent` names the replica in the audit log."""
+
+    def __init__(self, config: kubernetes.client.Configuration | None = None, workers: int = 16,
+                 fence: Fence | None = None, user_agent: str = COMPONENT) -> None:
         config = config or load_client_config()
+        self.fence, self.user_agent = fence, user_agent
         config.connection_pool_maxsize = workers
-        self._client = kubernetes.client.ApiClient(config)
+        self._client = kubernetes.client.ApiClient(config)  # reads: urllib3 retries them on connection trouble
+        # Writes and the Lease get clients without urllib3's retries. A retried write would be sent again after the
+        # fence's gate, possibly after the lease was lost; a retried renewal would stretch one attempt past the
+        # renew deadline. The Lease's client also has connections of its own: never queued behind Secret writes.
+        no_retries = copy.deepcopy(config)
+        no_retries.retries = False
+        self._write_client = kubernetes.client.ApiClient(no_retries)
+        self._lease_client = kubernetes.client.ApiClient(copy.deepcopy(no_retries))
+        for client in (self._client, self._write_client, self._lease_client):
+            client.user_agent = user_agent  # the client's default headers win over per-request ones
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
-        # The Lease has a thread of its own: a renewal must never queue behind thousands of Secret writes.
-        self._lease_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._lease_pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        for client in (self._client, self._write_client, self._lease_client):
+            client.close()
 
     # ---- plumbing ----
 
     def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                  query: Mapping[str, str] | None = None, timeout: float | None = 30,
-                 accept: str = "application/json") -> Any:
-        headers = {"Accept": accept, "User-Agent": COMPONENT}
+                 accept: str = "application/json", fenced: bool = True,
+                 client: kubernetes.client.ApiClient | None = None) -> Any:
+        client = client or (self._write_client if method in MUTATING else self._client)
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
-        m, url, h, b, p = self._client.param_serialize(
+        m, url, h, b, p = client.param_serialize(
             method, path, query_params=list((query or {}).items()), header_params=headers, body=body,
             auth_settings=["BearerToken"])
-        resp = self._client.call_api(m, url, h, b, p, _request_timeout=timeout)
+        # The gate: the last moment before the request leaves. The Lease's own calls pass (fenced=False): they are
+        # how the lease is won back, and its resourceVersion already guards them.
+        if fenced and self.fence is not None and method in MUTATING and not self.fence.is_open():
+            raise Fenced(method, path)
+        resp = client.call_api(m, url, h, b, p, _request_timeout=timeout)
         data = resp.read()
         payload = json.loads(data) if data else {}
         if resp.status >= 400:
@@ -95,10 +125,10 @@ class Kube:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._request, method, path, body, content_type)
 
-    async def _lease_call(self, method: str, path: str, body: Any = None) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._lease_pool, lambda: self._request(method, path, body, timeout=LEASE_REQUEST_TIMEOUT))
+    def _lease_request(self, method: str, path: str, body: Any = None, timeout: float = LEASE_REQUEST_TIMEOUT) -> Any:
+        """Never fenced (the Lease's calls are how the lease is won back, and its resourceVersion guards them), and
+        bounded by `timeout`."""
+        return self._request(method, path, body, timeout=timeout, fenced=False, client=self._lease_client)
 
     # ---- Secrets ----
 
@@ -211,23 +241,27 @@ class Kube:
                                 {"status": status}, "application/merge-patch+json")
 
     # ---- Leases (leader election) ----
+    # Blocking on purpose: leader.py calls them from threads of its own, so a renewal never waits for the event loop
+    # or queues behind Secret writes in the worker pool.
 
     @staticmethod
     def _leases(namespace: str) -> str:
         return f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases"
 
-    async def get_lease(self, namespace: str, name: str) -> dict[str, Any]:
-        return await self._lease_call("GET", f"{self._leases(namespace)}/{quote(name)}")
+    def get_lease(self, namespace: str, name: str, timeout: float = LEASE_REQUEST_TIMEOUT) -> dict[str, Any]:
+        return self._lease_request("GET", f"{self._leases(namespace)}/{quote(name)}", timeout=timeout)
 
-    async def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._lease_call("POST", self._leases(namespace), {
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any],
+                     timeout: float = LEASE_REQUEST_TIMEOUT) -> dict[str, Any]:
+        return self._lease_request("POST", self._leases(namespace), {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}, timeout=timeout)
 
-    async def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+    def replace_lease(self, lease: Mapping[str, Any], timeout: float = LEASE_REQUEST_TIMEOUT) -> dict[str, Any]:
         """PUT with the resourceVersion it was read at: of two contenders, one wins."""
         meta = lease["metadata"]
-        return await self._lease_call("PUT", f"{self._leases(meta['namespace'])}/{quote(meta['name'])}", lease)
+        return self._lease_request("PUT", f"{self._leases(meta['namespace'])}/{quote(meta['name'])}", lease,
+                                   timeout=timeout)
 
     # ---- Events ----
 

@@ -3,6 +3,9 @@
 A leader is ready once it can serve: the issuing CA is loaded, kopf's watch streams run (its start-up — the caches
 filled by LIST, the CA bootstrapped — is over, and the MtlsIdentity resource is being watched), and its lease is fresh.
 
+A leader whose write fence has closed (fence.py: no renewal within the deadline) is not ready either, even before it
+has stepped down: it writes nothing, and saying "ready" would hide that.
+
 A standby is ready when it is a healthy standby: its lease loop runs and its last look at the Lease succeeded recently.
 It must not wait for a CA or watches it will only load on taking over: with the chart's rolling update (maxSurge 1,
 maxUnavailable 0) the old leader leaves only after the new pod is Ready, and hands the Lease over as it leaves; a
@@ -26,6 +29,7 @@ class Snapshot:
     lease_looping: bool = False  # the acquire or renew loop is running
     lease_age: float | None = None  # seconds since the Lease was last read or renewed successfully; None: never
     lease_stale_after: float = 15.0  # older than this, the replica has lost touch with the API server
+    lease_held: bool = True  # the write fence is open: the lease was renewed recently enough to act on it
     ca_problem: str | None = "the CA has not been loaded yet"  # None: the issuing CA is loaded and valid
     operator_started: bool = False  # kopf's start-up handlers are done: caches filled, CA bootstrapped
     unwatched: tuple[str, ...] = ()  # resources kopf does not watch (yet)
@@ -61,6 +65,8 @@ def _lease_missing(s: Snapshot) -> list[str]:
 def assess(s: Snapshot) -> Verdict:
     missing = _lease_missing(s)
     if s.role == LEADER:
+        if s.leader_election and not s.lease_held:
+            missing.append("the lease is not held with margin: writes are fenced off until it is renewed or won back")
         if not s.operator_started:  # the CA is loaded during start-up: no word on it before
             missing.append("the operator is starting (listing Secrets, loading the CA)")
         else:

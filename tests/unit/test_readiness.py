@@ -12,6 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mtls_operator import readiness
 from mtls_operator.config import Settings
+from mtls_operator.fence import Fence
+from mtls_operator.fence import now as fence_now
 from mtls_operator.health import HealthServer, ProcessState
 from mtls_operator.readiness import LEADER, STANDBY, STARTING, STOPPING, Snapshot, assess
 from mtls_operator.spec import GROUP, PLURAL
@@ -65,6 +67,9 @@ def test_starting_and_stopping_are_not_ready() -> None:
 class FakeElector:
     def __init__(self, looping: bool, last_contact: float | None) -> None:
         self.looping, self.last_contact = looping, last_contact
+        self.clock = fence_now
+        self.fence = Fence()
+        self.fence.grant(fence_now(), 60)
 
 
 def _insights(*resources: tuple[str, str, str]) -> types.SimpleNamespace:
@@ -76,12 +81,10 @@ def _insights(*resources: tuple[str, str, str]) -> types.SimpleNamespace:
 
 
 def test_process_state_from_standby_to_leading() -> None:
-    import time
-
     async def go() -> None:
         state = ProcessState(Settings(lease_duration=dt.timedelta(seconds=15)))
         assert state.snapshot().role == STARTING
-        state.elector = FakeElector(looping=True, last_contact=time.monotonic())
+        state.elector = FakeElector(looping=True, last_contact=fence_now())
         snap = state.snapshot()
         assert snap.role == STANDBY and assess(snap).ready
         state.leading = True
@@ -98,6 +101,31 @@ def test_process_state_from_standby_to_leading() -> None:
         assert assess(state.snapshot()).missing == ("no usable CA: CA Secret a/b is unusable: expired",)
         state.stopping = True
         assert state.snapshot().role == STOPPING
+
+    asyncio.run(go())
+
+
+def test_a_leader_that_lost_its_lease_says_so_then_stands_by_again() -> None:
+    """Issue 10 item 5: the process outlives a lost lease; /readyz must tell the truth through the step-down and the
+    new campaign, rather than keep saying "leader, ready" while every write is fenced off."""
+
+    async def go() -> None:
+        state = ProcessState(Settings(lease_duration=dt.timedelta(seconds=15)))
+        state.elector = FakeElector(looping=True, last_contact=fence_now())
+        state.leading, state.kopf_ready, state.insights = True, asyncio.Event(), _insights((GROUP, "v1alpha1", PLURAL))
+        state.memo = types.SimpleNamespace(reconciler=types.SimpleNamespace(ca=object(), ca_error=""))
+        state.kopf_ready.set()
+        assert assess(state.snapshot()).ready
+        state.elector.fence.close()  # no renewal within the deadline: fenced, not yet stepped down
+        verdict = assess(state.snapshot())
+        assert not verdict.ready and verdict.role == LEADER
+        assert verdict.missing == ("the lease is not held with margin: writes are fenced off until it is renewed or "
+                                   "won back",)
+        state.leading, state.memo = False, None  # stepped down, campaigning again
+        snap = state.snapshot()
+        assert snap.role == STANDBY and assess(snap).ready
+        state.elector.last_contact = fence_now() - 60  # ...and the API server has not answered for a minute
+        assert not assess(state.snapshot()).ready
 
     asyncio.run(go())
 
