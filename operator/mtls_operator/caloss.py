@@ -70,6 +70,7 @@ def gather(secrets: Iterable[Mapping[str, Any]], authority: Mapping[str, Any] | 
     if loaded is not None:
         candidates.update({pki.fingerprint(c): c for c in pki.load_chain(loaded.bundle_pem)})
     count = 0
+    seen_bundles: set[bytes] = set()  # most Secrets carry the same ca.crt: parse each distinct one once
     for body in secrets:
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         issuer = annotations.get(tlssecret.ANN_ISSUER)
@@ -80,8 +81,11 @@ def gather(secrets: Iterable[Mapping[str, Any]], authority: Mapping[str, Any] | 
         count += 1
         issuers.add(issuer)
         bundle = tlssecret.decode_field(body.get("data") or {}, "ca.crt")
+        if not bundle or bundle in seen_bundles:
+            continue
+        seen_bundles.add(bundle)
         try:
-            for cert in pki.load_chain(bundle) if bundle else ():
+            for cert in pki.load_chain(bundle):
                 candidates.setdefault(pki.fingerprint(cert), cert)
         except pki.PKIError:
             continue
