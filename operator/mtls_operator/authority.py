@@ -47,7 +47,8 @@ class AuthorityStatus:
         out: dict[str, Any] = {"rotationPhase": phase.phase.value or "Stable",
                                "rotationSince": status.timestamp(phase.since) if phase.since else None}
         if r.ca is None:
-            out["conditions"] = [condition("Ready", False, "CAInvalid", r.ca_error),
+            reason = "CALost" if r.ca_loss is not None else "CAInvalid"
+            out["conditions"] = [condition("Ready", False, reason, r.ca_error),
                                  condition("Rotating", False, "Stable", "")]
             return out
         anchors = pki.load_chain(r.ca.bundle_pem)

@@ -33,6 +33,9 @@ class CA:
     chain: tuple[x509.Certificate, ...]  # what follows the leaf in tls.crt: `cert` if an intermediate, and above
     bundle_pem: bytes  # trust anchors: what ca.crt in every identity Secret holds
     fingerprint: str  # of `cert`: names the issuer in status and annotations
+    # Roots whose key was lost, still in the bundle while a recovery (caloss.py) propagates the new root: leaves they
+    # issued are kept until then instead of being swapped all at once.
+    legacy_roots: tuple[x509.Certificate, ...] = ()
 
     @property
     def not_after(self) -> dt.datetime:

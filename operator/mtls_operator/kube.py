@@ -236,6 +236,12 @@ class Kube:
     async def create_authority(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("POST", f"/apis/{GROUP}/{VERSION}/mtlsauthorities", body)
 
+    async def get_authority(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", f"/apis/{GROUP}/{VERSION}/mtlsauthorities/{quote(name)}")
+        except NotFound:
+            return None
+
     async def patch_authority_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("PATCH", f"/apis/{GROUP}/{VERSION}/mtlsauthorities/{quote(name)}/status",
                                 {"status": status}, "application/merge-patch+json")

@@ -30,6 +30,9 @@ ca_rotation_waiting = Gauge(
     "mtls_operator_ca_rotation_waiting",
     "identity Secrets (and bundle ConfigMaps) the current rotation phase waits for: without the new bundle, or with a "
     "leaf from the old root", ("waiting_for",))
+ca_lost = Gauge(
+    "mtls_operator_ca_lost",
+    "1 while the CA Secret is missing but the cluster shows its root in use: no new root is minted until recovered")
 ca_expiry = Gauge("mtls_operator_ca_expiry_timestamp_seconds", "notAfter of the issuing CA")
 
 

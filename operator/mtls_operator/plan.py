@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import itertools
 
 from . import pki, tlssecret
 from .ca import CA
@@ -31,6 +32,7 @@ class Action(enum.Enum):
     ISSUE = "issue"  # new certificate (and key, unless rotationPolicy Never keeps it)
     REFRESH = "refresh"  # rewrite the Secret around the same key and certificate (ca.crt, labels, annotations)
     CONFLICT = "conflict"  # the Secret exists and belongs to someone else: leave it alone
+    UNWRITABLE = "unwritable"  # a write is needed but the Secret is immutable: report, back off, never sign
 
 
 class Reason(enum.StrEnum):
@@ -45,6 +47,7 @@ class Reason(enum.StrEnum):
     METADATA_CHANGED = "MetadataChanged"
     UP_TO_DATE = "UpToDate"
     SECRET_CONFLICT = "SecretConflict"
+    SECRET_UNWRITABLE = "SecretUnwritable"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +80,31 @@ def _issue(reason: Reason, message: str, view: tlssecret.SecretView, spec: Ident
 
 def decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.datetime,
            renew_request: str = "") -> Decision:
+    decision = _decide(spec, view, ca, now, renew_request)
+    if view.owned and view.immutable and decision.action in (Action.ISSUE, Action.REFRESH):
+        # Signing (and making a key) for a write the API server must refuse would only burn CPU and keys: say why.
+        return Decision(Action.UNWRITABLE, Reason.SECRET_UNWRITABLE,
+                        f"Secret {spec.secret_name} is immutable (immutable: true), so it cannot be written "
+                        f"({decision.reason.value}: {decision.message})", renewal_time=decision.renewal_time)
+    return decision
+
+
+def _legacy_leaf(cert, view: tlssecret.SecretView, ca: CA) -> bool:
+    """A leaf from a lost root that a recovery keeps while the new root propagates: issued by one of ca.legacy_roots,
+    directly or through the intermediates its own Secret carries."""
+    if not ca.legacy_roots:
+        return False
+    try:
+        chain = [cert, *pki.load_chain(view.chain_pem)] if view.chain_pem else [cert]
+    except pki.PKIError:
+        return False
+    if any(not pki.issued_by(lower, upper) for lower, upper in itertools.pairwise(chain)):
+        return False
+    return any(pki.issued_by(chain[-1], root) for root in ca.legacy_roots)
+
+
+def _decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.datetime,
+            renew_request: str) -> Decision:
     if not view.exists:
         return Decision(Action.ISSUE, Reason.MISSING, f"Secret {spec.secret_name} does not exist")
     if not view.owned:
@@ -87,7 +115,10 @@ def decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.datet
     cert = view.cert
     if not pki.key_matches(cert, view.key):
         return _issue(Reason.TAMPERED, "tls.key does not belong to tls.crt", view, spec, False)
-    if not pki.issued_by(cert, ca.cert):
+    legacy = False
+    if not pki.issued_by(cert, ca.cert) and _legacy_leaf(cert, view, ca):
+        legacy = True  # kept, chain and all, until the recovered root has reached every bundle
+    elif not pki.issued_by(cert, ca.cert):
         if view.annotations.get(tlssecret.ANN_ISSUER) != ca.fingerprint:
             # The key is not kept even under rotationPolicy Never: nothing proves this pair came from us (the
             # annotation is editable), and signing a pasted-in key would hand its owner this identity.
@@ -112,7 +143,7 @@ def decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.datet
     # (its event re-triggers us) instead of reissuing in a loop, and look again at expiry at the latest.
     next_look = not_after if ends_with_ca and now >= due else due
 
-    if view.ca_pem != ca.bundle_pem or view.chain_pem != ca.chain_pem():
+    if view.ca_pem != ca.bundle_pem or (view.chain_pem != ca.chain_pem() and not legacy):
         return Decision(Action.REFRESH, Reason.BUNDLE_CHANGED, "ca.crt or the chain is not the current one",
                         renewal_time=next_look)
     wanted_labels = tlssecret.desired_labels(spec)

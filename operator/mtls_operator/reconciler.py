@@ -10,6 +10,7 @@ the API in the common case, and an unchanged world costs no write.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -19,7 +20,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from . import ca as ca_mod
-from . import metrics, ownership, pki, plan, policy, rotation, status, tlssecret
+from . import caloss, metrics, ownership, pki, plan, policy, rotation, status, tlssecret
 from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .config import Settings
@@ -34,6 +35,13 @@ Key = tuple[str, str]  # (namespace, name)
 # A Secret we do not own is not watched; look again this often to notice it has gone.
 CONFLICT_RECHECK = dt.timedelta(seconds=60)
 MAX_BACKOFF = 300.0
+# While the CA Secret is lost: how often to look for it restored, or for an approval of a new root (caloss.py).
+RECOVERY_CHECK = dt.timedelta(seconds=5)
+RECOVERY_KEY = ("", "ca-recovery")  # the scheduler key of that look
+# A Secret write refused as such (immutable, or by admission), not as a race: retried from this, doubling, up to
+# MAX_BACKOFF, with the same private key each time.
+UNWRITABLE_BACKOFF = 10.0
+UNWRITABLE_STATUSES = (400, 403, 422)
 
 
 class IdentityGone(Exception):
@@ -148,6 +156,11 @@ class Reconciler:
         self._views: dict[Key, tuple[tuple[str, str], tlssecret.SecretView]] = {}
         self._specs: dict[Key, tuple[tuple[str, int], IdentitySpec | InvalidSpec]] = {}
         self._unwritable: dict[Key, int] = {}  # identity -> generation whose status the API server refuses
+        self._refused_writes: dict[Key, int] = {}  # identity -> Secret writes refused in a row (SecretUnwritable)
+        # identity -> a key made for a write that was refused: it never left this process, so the retry reuses it
+        # instead of making a new one each time.
+        self._spare_keys: dict[Key, pki.PrivateKey] = {}
+        self.ca_loss: caloss.Evidence | None = None  # set while the CA Secret is lost and its root is in use
         self.policies: dict[str, policy.Rule] = {}
         self.service_accounts: set[Key] = set()
         self._by_service_account: dict[Key, set[Key]] = {}  # (ns, sa) -> identities naming it
@@ -173,6 +186,8 @@ class Reconciler:
             self._failures.pop(key, None)
             self._conflicted.discard(key)
             self._unwritable.pop(key, None)
+            self._refused_writes.pop(key, None)
+            self._spare_keys.pop(key, None)
             self._blocked.discard(key)
             parsed = self._specs.pop(key, (None, None))[1]
             if isinstance(parsed, IdentitySpec):
@@ -307,8 +322,9 @@ class Reconciler:
         if key in self._queued:
             return
         self._queued.add(key)
-        task = asyncio.get_running_loop().create_task(self._rotation_check() if key == ROTATION_KEY
-                                                      else self._run(key))
+        work = (self._rotation_check() if key == ROTATION_KEY else self._recovery_check() if key == RECOVERY_KEY
+                else self._run(key))
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -320,6 +336,14 @@ class Reconciler:
         one POST wins and the other reads the winner's."""
         s = self.settings
         body = await self.kube.get_secret(s.ca_namespace, s.ca_secret_name)
+        if body is None and not (s.ca_mode == "intermediate" and await self.kube.get_secret(
+                s.ca_namespace, f"{s.ca_secret_name}-root") is not None):
+            # A new root (not just a new intermediate under a surviving root) changes what peers trust: never while
+            # the cluster shows another one in use.
+            evidence = await self._loss_evidence()
+            if evidence.in_use:
+                await self.ca_changed(None, startup=True)
+                return
         if body is None:
             if s.ca_mode == "intermediate":
                 root = await self._create_if_absent(f"{s.ca_secret_name}-root", "root",
@@ -331,7 +355,8 @@ class Reconciler:
                 body = await self._create_if_absent(s.ca_secret_name, "root", lambda: ca_mod.new_root(s, self.clock()))
         await self.ca_changed(body, startup=True)
 
-    async def _create_if_absent(self, name: str, role: str, make) -> dict[str, Any]:
+    async def _create_if_absent(self, name: str, role: str, make,
+                                annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
         s = self.settings
         existing = await self.kube.get_secret(s.ca_namespace, name)
         if existing is not None:
@@ -342,7 +367,7 @@ class Reconciler:
             "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
             "metadata": {"name": name, "namespace": s.ca_namespace,
                          "labels": {"app.kubernetes.io/name": "mtls-operator", rotation.MANAGED_LABEL: role},
-                         "annotations": {rotation.ANN_MADE: made}},
+                         "annotations": {rotation.ANN_MADE: made, **(annotations or {})}},
             "data": {k: tlssecret.b64(v) for k, v in data.items()},
         }
         try:
@@ -396,20 +421,35 @@ class Reconciler:
             new = ca_mod.load(tlssecret.decode_data(body), self.clock())
         except ca_mod.CAError as e:
             message = f"CA Secret {where} is unusable: {e}; nothing will be issued until it is fixed"
+            loss = await self._loss_evidence() if body is None else caloss.NONE
+            if loss.in_use:
+                message = caloss.message(loss, where, self.authority.name)
+                self.scheduler.schedule(RECOVERY_KEY, self.clock() + RECOVERY_CHECK)
             if message != self.ca_error or startup:
                 log.error(message)
                 if body is not None:
                     self._event(body, "Secret", "Warning", "CAInvalid", message)
+                elif loss.in_use:
+                    self._event(self._authority_ref(), "MtlsAuthority", "Warning", "CALost", message)
+            self.ca_loss = loss if loss.in_use else None
+            metrics.ca_lost.set(1 if loss.in_use else 0)
             self.ca, self.ca_error = None, message
             metrics.ca_ready.set(0)
             self.trigger_all()
             self.spawn(self.authority.publish())
             return
         old = self.ca
-        self.ca, self.ca_error, self.ca_secret = new, "", dict(body)
+        legacy = caloss.legacy_roots(new, body["metadata"].get("annotations") or {})
+        if legacy:
+            new = dataclasses.replace(new, legacy_roots=legacy)
+        if self.ca_loss is not None:
+            log.info("CA Secret %s is back: the lost-root state is over", where)
+        self.ca, self.ca_error, self.ca_secret, self.ca_loss = new, "", dict(body), None
+        metrics.ca_lost.set(0)
         metrics.ca_ready.set(1)
         metrics.ca_expiry.set(new.not_after.timestamp())
-        if old is None or old.fingerprint != new.fingerprint or old.bundle_pem != new.bundle_pem:
+        if (old is None or old.fingerprint != new.fingerprint or old.bundle_pem != new.bundle_pem
+                or old.legacy_roots != new.legacy_roots):
             log.info("issuing CA %s (%s), valid until %s", new.cert.subject.rfc4514_string(), new.fingerprint[:16],
                      new.not_after.isoformat())
             self.trigger_all()
@@ -417,6 +457,49 @@ class Reconciler:
                 self.bundles.ensure_all()
         self.trigger(ROTATION_KEY)
         self.spawn(self.authority.publish())
+
+    def _authority_ref(self) -> dict[str, Any]:
+        """The MtlsAuthority as an Event's involved object (cluster-scoped; Events about it land in `default`)."""
+        return {"apiVersion": f"{GROUP}/v1alpha1", "metadata": {"name": self.authority.name}}
+
+    async def _loss_evidence(self) -> caloss.Evidence:
+        """What the cluster shows of the root that was in use (caloss.gather); the MtlsAuthority read is best effort."""
+        s = self.settings
+        try:
+            authority = await self.kube.get_authority(self.authority.name)
+        except ApiError as e:
+            log.warning("could not read MtlsAuthority %s: %s", self.authority.name, e)
+            authority = None
+        bodies = (self.secrets.get(k) for k in self.secrets)
+        return caloss.gather((b for b in bodies if b), authority, f"{s.ca_namespace}/{s.ca_secret_name}", self.ca,
+                             self.clock())
+
+    async def _recovery_check(self) -> None:
+        """While the CA is lost: is its Secret back, or is a new root approved? Looked at every RECOVERY_CHECK."""
+        self._queued.discard(RECOVERY_KEY)
+        if self.ca_loss is None:
+            return
+        s = self.settings
+        try:
+            body = await self.kube.get_secret(s.ca_namespace, s.ca_secret_name)
+            if body is None:
+                authority = await self.kube.get_authority(self.authority.name)
+                annotations = ((authority or {}).get("metadata") or {}).get("annotations") or {}
+                if not caloss.approved(self.ca_loss, annotations):
+                    self.scheduler.schedule(RECOVERY_KEY, self.clock() + RECOVERY_CHECK)
+                    return
+                data, extra = caloss.recovery_data(self.ca_loss, s, self.clock())
+                log.warning("a new root was approved (%s=%s): minting it, %d old trust anchor(s) kept in the bundles",
+                            caloss.ANN_APPROVE, annotations.get(caloss.ANN_APPROVE), len(self.ca_loss.anchors))
+                body = await self._create_if_absent(s.ca_secret_name, "root", lambda: data, extra)
+                self._event(self._authority_ref(), "MtlsAuthority", "Normal", "NewRootApproved",
+                            f"a new root replaces the lost one; {len(self.ca_loss.anchors)} old trust anchor(s) stay "
+                            "in every bundle until the rotation phases finish")
+        except ApiError as e:
+            log.warning("CA recovery check failed: %s", e)
+            self.scheduler.schedule(RECOVERY_KEY, self.clock() + RECOVERY_CHECK)
+            return
+        await self.ca_changed(body)
 
     async def _rotation_check(self) -> None:
         self._queued.discard(ROTATION_KEY)
@@ -516,17 +599,30 @@ class Reconciler:
             await self._report_failure(body, status.Ready.SECRET_CONFLICT, decision.message)
             return
         self._conflicted.discard(key)
+        if decision.action is plan.Action.UNWRITABLE:
+            await self._secret_unwritable(key, body, spec, view, decision.message)
+            return
 
-        if decision.action is plan.Action.ISSUE:
-            cert, key_obj, renewal, revision = await self._issue(body, spec, view, decision, ca)
-        else:
-            assert view.cert is not None and view.key is not None
-            cert, key_obj, renewal, revision = view.cert, view.key, decision.renewal_time, view.revision
-            if decision.action is plan.Action.REFRESH:
-                annotations = {k: v for k, v in view.annotations.items() if k.startswith(GROUP + "/")}
-                await self._write(spec, body, view, tlssecret.build(
-                    spec, body["metadata"]["uid"], cert, key_obj, ca.chain_pem(), ca.bundle_pem, annotations,
-                    view.resource_version))
+        try:
+            if decision.action is plan.Action.ISSUE:
+                cert, key_obj, renewal, revision = await self._issue(body, spec, view, decision, ca)
+            else:
+                assert view.cert is not None and view.key is not None
+                cert, key_obj, renewal, revision = view.cert, view.key, decision.renewal_time, view.revision
+                if decision.action is plan.Action.REFRESH:
+                    annotations = {k: v for k, v in view.annotations.items() if k.startswith(GROUP + "/")}
+                    # A lost root's leaf kept through a recovery keeps the chain it came with.
+                    chain = ca.chain_pem() if pki.issued_by(cert, ca.cert) else view.chain_pem
+                    await self._write(spec, body, view, tlssecret.build(
+                        spec, body["metadata"]["uid"], cert, key_obj, chain, ca.bundle_pem, annotations,
+                        view.resource_version))
+        except ApiError as e:
+            if isinstance(e, (Conflict, NotFound)) or e.status not in UNWRITABLE_STATUSES:
+                raise
+            await self._secret_unwritable(key, body, spec, view, f"the API server refused to write Secret "
+                                          f"{spec.secret_name} ({e.status} {e.reason}: {e.message})")
+            return
+        self._refused_writes.pop(key, None)
 
         self._blocked.discard(key)
         next_look = renewal
@@ -544,6 +640,25 @@ class Reconciler:
             self.scheduler.schedule(key, next_look)
         else:
             self.scheduler.cancel(key)
+
+    async def _secret_unwritable(self, key: Key, body: dict[str, Any], spec: IdentitySpec,
+                                 view: tlssecret.SecretView, why: str) -> None:
+        """The Secret cannot be written as it stands (immutable, or refused by admission): SecretUnwritable, saying how
+        to recover; the identity is left out of rotation waits (_blocked) and looked at again with a growing backoff.
+        Deleting the Secret, or any change to it, triggers a look at once."""
+        count = self._refused_writes[key] = self._refused_writes.get(key, 0) + 1
+        delay = min(UNWRITABLE_BACKOFF * 2 ** (count - 1), MAX_BACKOFF)
+        now = self.clock()
+        cert = view.cert if view.owned else None
+        left = (f"the certificate in it is valid until {status.timestamp(cert.not_valid_after_utc)} and will not be "
+                f"renewed" if cert is not None and cert.not_valid_after_utc > now else "it holds no valid certificate")
+        message = (f"{why}; {left}. Recover: delete the Secret (kubectl delete secret -n {spec.namespace} "
+                   f"{spec.secret_name}), and the operator recreates it at once; or lift the admission rule that "
+                   f"refuses the write. Retried with backoff (up to {MAX_BACKOFF:.0f}s), with the same key")
+        if count == 1:
+            log.error("%s/%s: %s", *key, message)
+        self.scheduler.schedule(key, now + dt.timedelta(seconds=delay))
+        await self._report_failure(body, status.Ready.SECRET_UNWRITABLE, message)
 
     async def _roll_workloads(self, body: dict[str, Any], spec: IdentitySpec, cert: Any,
                               now: dt.datetime) -> dt.datetime | None:
@@ -587,7 +702,11 @@ class Reconciler:
         request = pki.LeafRequest(spiffe_id=spec.spiffe_id, dns_names=spec.dns_names,
                                   ip_addresses=spec.ip_addresses, server=spec.server, client=spec.client,
                                   duration=spec.duration)
-        kept_key = view.key if decision.reuse_key else None
+        ikey = (spec.namespace, spec.name)
+        spare = self._spare_keys.get(ikey)
+        if spare is not None and pki.key_label(spare) != spec.key.label:
+            spare = None
+        kept_key = view.key if decision.reuse_key else spare
 
         def sign() -> tuple[Any, Any]:
             key_obj = kept_key or pki.generate_key(spec.key.algorithm, spec.key.size)
@@ -600,10 +719,13 @@ class Reconciler:
             cert, key_obj = await asyncio.to_thread(sign)
         revision = view.revision + 1 if view.owned else 1
         renew_request = (body["metadata"].get("annotations") or {}).get(tlssecret.ANN_RENEW_REQUEST, "")
-        annotations = tlssecret.record(spec, cert, ca.fingerprint, revision, renew_request)
+        annotations = tlssecret.record(spec, cert, ca.fingerprint, revision, renew_request,
+                                       f"{self.settings.ca_namespace}/{self.settings.ca_secret_name}")
+        self._spare_keys[ikey] = key_obj  # until the write lands: a refused write's retry reuses it
         await self._write(spec, body, view, tlssecret.build(
             spec, body["metadata"]["uid"], cert, key_obj, ca.chain_pem(), ca.bundle_pem, annotations,
             view.resource_version if view.owned else ""))
+        self._spare_keys.pop(ikey, None)
         first = revision == 1
         reason = "Issued" if first else "Renewed"
         metrics.issuance.labels(decision.reason.value).inc()
@@ -638,7 +760,8 @@ class Reconciler:
                 metrics.identity_ready.labels(*key).set(1)
                 metrics.certificate_expiry.labels(*key).set(cert.not_valid_after_utc.timestamp())
                 return
-        await self._report_failure(body, status.Ready.CA_UNAVAILABLE, self.ca_error)
+        reason = status.Ready.CA_LOST if self.ca_loss is not None else status.Ready.CA_UNAVAILABLE
+        await self._report_failure(body, reason, self.ca_error)
 
     def servable(self, key: Key) -> bool:
         """An identity that exists and whose last look did not end in a refusal."""

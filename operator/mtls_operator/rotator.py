@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import ca as ca_mod
-from . import metrics, pki, rotation, status, tlssecret
+from . import caloss, metrics, pki, rotation, status, tlssecret
 from .kube import Conflict
 from .tlssecret import b64
 
@@ -301,8 +301,10 @@ class RootRotator:
         elif step is rotation.Step.PROMOTE:
             if issuing is not None:
                 data["tls.crt"], data["tls.key"] = b64(issuing["tls.crt"]), b64(issuing["tls.key"])
-            else:
+            elif "next.crt" in data:
                 data["tls.crt"], data["tls.key"] = data.pop("next.crt"), data.pop("next.key")
+            # else a recovery (caloss.py): the new root already issues; only the lost root's leaves stop being kept
+            annotations.pop(caloss.ANN_RECOVERY, None)
             annotations[rotation.ANN_MADE] = pki.fingerprint(pki.load_chain(pem("tls.crt"))[0])
         elif step is rotation.Step.FINISH:
             data["ca.crt"] = b64(final_root or pki.to_pem(pki.load_chain(pem("tls.crt"))[-1]))

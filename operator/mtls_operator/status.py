@@ -23,6 +23,8 @@ class Ready:
     ISSUANCE_FAILED = "IssuanceFailed"
     POLICY_DENIED = "PolicyDenied"
     SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+    SECRET_UNWRITABLE = "SecretUnwritable"  # immutable, or a write refused by admission: renewal impossible
+    CA_LOST = "CALost"  # the CA Secret is gone while the cluster shows its root in use: nothing new is minted
 
 
 def timestamp(value: dt.datetime) -> str:

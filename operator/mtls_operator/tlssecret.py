@@ -27,6 +27,9 @@ ANN_REVISION = f"{GROUP}/revision"
 ANN_SPEC_HASH = f"{GROUP}/spec-hash"
 ANN_ISSUER = f"{GROUP}/issuer-fingerprint"
 ANN_SPIFFE_ID = f"{GROUP}/spiffe-id"
+# "<namespace>/<name>" of the CA Secret that issued it: ties the issuer fingerprint to one CA, so that after that CA
+# Secret is lost, its certificates in use are told apart from another CA's (caloss.py).
+ANN_CA_SECRET = f"{GROUP}/ca-secret"
 ANN_RENEW_HANDLED = f"{GROUP}/renew-handled"
 # Set on the MtlsIdentity by a user ("renew now"): any new value, e.g. a timestamp, triggers one reissue.
 ANN_RENEW_REQUEST = f"{GROUP}/renew"
@@ -49,6 +52,9 @@ class SecretView:
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     resource_version: str = ""
+    # `immutable: true` on the Secret: the API server refuses every change to its data, so nothing can be renewed in
+    # it; only deleting it (the operator then recreates it) brings it back under management.
+    immutable: bool = False
 
     @property
     def revision(self) -> int:
@@ -96,7 +102,7 @@ def read(body: Mapping[str, Any] | None, identity_uid: str) -> SecretView:
         return ABSENT
     meta = body.get("metadata") or {}
     common = dict(labels=dict(meta.get("labels") or {}), annotations=dict(meta.get("annotations") or {}),
-                  resource_version=meta.get("resourceVersion", ""))
+                  resource_version=meta.get("resourceVersion", ""), immutable=body.get("immutable") is True)
     if controller_ref(body).get("uid") != identity_uid:
         return SecretView(exists=True, owned=False, **common)
     data = body.get("data") or {}
@@ -147,7 +153,7 @@ def build(spec: IdentitySpec, identity_uid: str, cert: x509.Certificate, key: pk
 
 
 def record(spec: IdentitySpec, cert: x509.Certificate, issuer_fingerprint: str, revision: int,
-           renew_handled: str) -> dict[str, str]:
+           renew_handled: str, ca_secret: str = "") -> dict[str, str]:
     """The annotations that make the Secret its own record of issuance."""
     out = {
         ANN_SERIAL: pki.serial_hex(cert),
@@ -159,4 +165,6 @@ def record(spec: IdentitySpec, cert: x509.Certificate, issuer_fingerprint: str, 
     }
     if renew_handled:
         out[ANN_RENEW_HANDLED] = renew_handled
+    if ca_secret:
+        out[ANN_CA_SECRET] = ca_secret
     return out

@@ -102,6 +102,7 @@ def test_rbac_is_least_privilege(helm: Path) -> None:
         ("mtls-operator.io", "mtlsidentities/status", "patch"),
         ("mtls-operator.io", "mtlsidentitypolicies", "list"), ("mtls-operator.io", "mtlsidentitypolicies", "watch"),
         ("mtls-operator.io", "mtlsauthorities", "create"), ("mtls-operator.io", "mtlsauthorities/status", "patch"),
+        ("mtls-operator.io", "mtlsauthorities", "get"),  # its own only: the lost-root record and approval
         ("", "secrets", "get"), ("", "secrets", "list"), ("", "secrets", "watch"), ("", "secrets", "create"),
         ("", "secrets", "update"),
         ("", "serviceaccounts", "get"), ("", "serviceaccounts", "list"), ("", "serviceaccounts", "watch"),
@@ -115,6 +116,10 @@ def test_rbac_is_least_privilege(helm: Path) -> None:
     # The lease can be read and renewed by name only.
     lease_rules = [r for r in _rules(docs, "Role") if r["resources"] == ["leases"] and "update" in r["verbs"]]
     assert lease_rules and all(r.get("resourceNames") == ["mtls-operator"] for r in lease_rules)
+    # The MtlsAuthority is read by name only (the lost-root check).
+    authority_reads = [r for r in _rules(docs, "ClusterRole") if r["resources"] == ["mtlsauthorities"]
+                       and "get" in r["verbs"]]
+    assert authority_reads and all(r.get("resourceNames") == ["mtls-system.mtls-operator-ca"] for r in authority_reads)
     # Bindings name only the chart's own ServiceAccount.
     for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-mtls-operator",
