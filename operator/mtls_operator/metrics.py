@@ -26,6 +26,9 @@ ca_ready = Gauge("mtls_operator_ca_ready", "1 when the issuing CA is loaded and 
 leader = Gauge("mtls_operator_leader", "1 while this replica holds the lease and acts; 0 while it stands by")
 ca_rotation_phase = Gauge(
     "mtls_operator_ca_rotation_phase", "root rotation: 0 stable, 1 propagating, 2 reissuing, 3 retiring")
+renew_deferred = Counter(
+    "mtls_operator_renew_requests_deferred_total",
+    "renew requests (annotation) deferred by a rate limit, counted once per deferral, by limit", ("limit",))
 ca_expiry = Gauge("mtls_operator_ca_expiry_timestamp_seconds", "notAfter of the issuing CA")
 
 
