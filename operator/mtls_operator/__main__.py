@@ -46,13 +46,15 @@ async def _operate(settings: config.Settings) -> int:
     from .health import HealthServer, ProcessState
     from .kube import Kube
     from .leader import LeaderElection, LeaseTiming, replica_identity
+    from .metricsserver import from_settings as metrics_server
 
-    metrics.serve(settings.metrics_port)
     identity = replica_identity()
     state = ProcessState(settings)
-    health = HealthServer(settings.health_port, state.snapshot)
+    health = HealthServer(settings.health_port, state.snapshot, host=settings.health_bind_address)
     await health.start()
     kube = Kube(workers=settings.api_workers)
+    metrics_endpoint = metrics_server(settings, kube)
+    await metrics_endpoint.start()
     stop = asyncio.Event()
     lost = []
     elector = keeper = None
@@ -89,6 +91,7 @@ async def _operate(settings: config.Settings) -> int:
             keeper.cancel()
         if elector:
             await elector.release()
+        await metrics_endpoint.stop()
         kube.close()
         await health.stop()
     return 1 if lost else 0

@@ -245,6 +245,17 @@ class Kube:
         except Exception as e:  # network errors too: an Event is never worth a failed reconcile
             log.warning("could not post event %s for %s/%s: %s", reason, namespace, meta.get("name"), e)
 
+    # ---- reviews for the secure /metrics endpoint (metricsserver.py) ----
+
+    async def create_token_review(self, token: str) -> dict[str, Any]:
+        """Who a bearer token belongs to. The token is in the request body only: never logged, never in an error."""
+        return await self._call("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}})
+
+    async def create_subject_access_review(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": dict(spec)})
+
     # ---- one object's watch (the CA Secret, which kopf's label-filtered Secret watch does not see) ----
 
     def watch_secret(self, namespace: str, name: str, on_change: Callable[[dict[str, Any] | None], None],

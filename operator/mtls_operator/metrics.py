@@ -1,11 +1,11 @@
-"""Prometheus metrics: what an on-call engineer alerts on (expiry, readiness, failures) and what capacity planning
-needs (issuance counts, reconcile latency, renewal lateness)."""
+"""Prometheus metrics (served by metricsserver.py): what an on-call engineer alerts on (expiry, readiness, failures)
+and what capacity planning needs (issuance counts, reconcile latency, renewal lateness)."""
 
 from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 LABELS = ("namespace", "name")
 
@@ -38,7 +38,3 @@ def forget(namespace: str, name: str) -> None:
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
 
-
-def serve(port: int) -> None:
-    if port:
-        start_http_server(port)
