@@ -41,27 +41,40 @@ class TokenBucket:
             self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) / self.interval)
             self.stamp = now
 
-    def wait(self, now: float) -> float:
-        """Seconds until a token is available (0: one is available now). Takes nothing."""
+    def wait(self, now: float, cost: int = 1) -> float:
+        """Seconds until `cost` tokens are available (0: now; a cost above the burst counts as the burst). Takes
+        nothing."""
         if self.interval <= 0:
             return 0.0
         self._refill(now)
-        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) * self.interval
+        need = float(min(cost, self.burst))
+        return 0.0 if self.tokens >= need else (need - self.tokens) * self.interval
 
-    def take(self, now: float) -> None:
+    def take(self, now: float, cost: int = 1) -> None:
         if self.interval > 0:
             self._refill(now)
-            self.tokens -= 1.0
+            self.tokens -= float(min(cost, self.burst))
 
     def full(self, now: float) -> bool:
         return self.interval <= 0 or (self.wait(now) == 0.0 and self.tokens >= self.burst)
 
 
+# What a renewal costs from its namespace's bucket, by the key it generates: roughly the key generation's CPU time in
+# units of an ECDSA issuance's whole cost (key, signature, API writes). RSA key generation grows with the cube of the
+# size: RSA-4096 takes about a second of CPU. A renewal that keeps its key (rotationPolicy: Never) costs 1.
+KEY_COST = {"RSA-2048": 2, "RSA-3072": 4, "RSA-4096": 8}
+
+
+def key_cost(label: str, new_key: bool) -> int:
+    return KEY_COST.get(label, 1) if new_key else 1
+
+
 @dataclasses.dataclass(frozen=True)
 class RenewLimits:
-    """Defaults: an identity may ask for 3 renewals at once, then one a minute; a namespace 10 at once, then one every
-    6 seconds (10 a minute, whatever its number of identities). A burst of 0 turns that limit off. Due renewals, new
-    identities and healing are never limited: only what a tenant can trigger at will by writing an annotation."""
+    """Defaults: an identity may ask for 3 renewals at once, then one a minute; a namespace has 10 tokens at once, then
+    one every 6 seconds (10 a minute, whatever its number of identities), and a renewal takes `key_cost` of them (an
+    RSA-4096 one 8). A burst of 0 turns that limit off. Due renewals, new identities and healing are never limited:
+    only what a tenant can trigger at will by writing an annotation."""
 
     identity_burst: int = 3
     identity_interval: float = 60.0
@@ -90,15 +103,16 @@ class RenewLimiter:
                                                            lim.namespace_interval if lim.namespace_burst > 0 else 0)
         return ident, ns
 
-    def admit(self, namespace: str, key: Hashable, now: float) -> tuple[float, str]:
-        """(0, "") and a token taken from both buckets when the renewal may go ahead now; otherwise how many seconds
-        until it may, and which limit holds it ("identity" or "namespace"). Nothing is taken from a refused request."""
+    def admit(self, namespace: str, key: Hashable, now: float, cost: int = 1) -> tuple[float, str]:
+        """(0, "") and tokens taken from both buckets (one from the identity's, `cost` from the namespace's) when the
+        renewal may go ahead now; otherwise how many seconds until it may, and which limit holds it ("identity" or
+        "namespace"). Nothing is taken from a refused request."""
         ident, ns = self._buckets(namespace, key)
-        waits = ident.wait(now), ns.wait(now)
+        waits = ident.wait(now), ns.wait(now, cost)
         if max(waits) > 0:
             return max(waits), "identity" if waits[0] >= waits[1] else "namespace"
         ident.take(now)
-        ns.take(now)
+        ns.take(now, cost)
         return 0.0, ""
 
     def forget(self, key: Hashable) -> None:
@@ -119,10 +133,15 @@ class FairSlots:
     """A semaphore of `capacity` slots whose waiters queue per namespace. A freed slot goes to the waiting namespace
     that holds the fewest slots, and among those to the one served least recently (first come first served within a
     namespace): a newcomer waits for one slot to free up, not for everyone queued before it, and a busy namespace
-    holds no more than its share while others wait."""
+    holds no more than its share while others wait.
+
+    One namespace alone holds at most capacity - 1 slots (when there are two or more): slots are held for the whole of
+    a key generation, seconds for RSA-4096, so without a spare one a newcomer would wait for the first of those to end.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
+        self.per_namespace = max(1, self.capacity - 1)
         self._free = self.capacity
         self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self._served: dict[str, int] = {}  # namespace -> sequence number of its last grant (only while it holds/waits)
@@ -147,7 +166,8 @@ class FairSlots:
         self._served[namespace] = next(self._seq)
 
     async def _acquire(self, namespace: str) -> None:
-        if self._free > 0 and not self._queues:
+        # A free slot with waiters means they are all at their cap (release hands slots to any other): take it.
+        if self._free > 0 and self.held.get(namespace, 0) < self.per_namespace:
             self._free -= 1
             self._grant(namespace)
             return
@@ -176,8 +196,11 @@ class FairSlots:
         self.held[namespace] -= 1
         if self.held[namespace] <= 0:
             del self.held[namespace]
-        while self._queues:
-            ns = min(self._queues, key=lambda n: (self.held.get(n, 0), self._served.get(n, -1)))
+        while True:
+            eligible = [n for n in self._queues if self.held.get(n, 0) < self.per_namespace]
+            if not eligible:
+                break
+            ns = min(eligible, key=lambda n: (self.held.get(n, 0), self._served.get(n, -1)))
             queue = self._queues[ns]
             future = queue.popleft()
             if not queue:

@@ -23,7 +23,7 @@ from . import metrics, pki, plan, policy, rotation, status, tlssecret
 from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .config import Settings
-from .fairness import FairSlots, RenewLimiter, RenewLimits
+from .fairness import FairSlots, RenewLimiter, RenewLimits, key_cost
 from .kube import ApiError, Conflict, Kube, NotFound
 from .rotator import KEY as ROTATION_KEY
 from .rotator import RootRotator
@@ -501,7 +501,8 @@ class Reconciler:
         clock = now.timestamp()
         if len(self.renew_limiter) > 4096:
             self.renew_limiter.prune(clock)
-        wait, which = self.renew_limiter.admit(key[0], key, clock)
+        cost = key_cost(spec.key.label, not decision.reuse_key)
+        wait, which = self.renew_limiter.admit(key[0], key, clock, cost)
         if not wait:
             self._deferred.discard(key)
             return decision, None

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mtls_operator.fairness import FairSlots, RenewLimiter, RenewLimits, TokenBucket
+from mtls_operator.fairness import FairSlots, RenewLimiter, RenewLimits, TokenBucket, key_cost
 
 
 def test_token_bucket_allows_a_burst_then_one_per_interval() -> None:
@@ -56,6 +56,22 @@ def test_renewals_are_limited_per_namespace_across_its_identities() -> None:
     assert limiter.admit("quiet", ("quiet", "new"), 0.0) == (0.0, "")
 
 
+def test_expensive_keys_cost_more_of_the_namespace_budget() -> None:
+    """A namespace's 10 tokens buy ten ECDSA renewals but one RSA-4096 one (its key takes about a second of CPU); a
+    renewal that keeps its key costs one whatever the algorithm."""
+    assert key_cost("ECDSA-256", True) == 1 and key_cost("RSA-4096", True) == 8 and key_cost("RSA-4096", False) == 1
+    limiter = RenewLimiter(RenewLimits(identity_burst=3, identity_interval=60, namespace_burst=10,
+                                       namespace_interval=6))
+    assert limiter.admit("rsa", ("rsa", "a"), 0.0, cost=8) == (0.0, "")
+    wait, which = limiter.admit("rsa", ("rsa", "b"), 0.0, cost=8)
+    assert which == "namespace" and wait == pytest.approx(36.0)  # 6 more tokens at one per 6 s
+    assert limiter.admit("rsa", ("rsa", "c"), 0.0, cost=1) == (0.0, "")  # a cheap one still fits
+    # A cost above the burst is capped at the burst, so it is never refused forever.
+    small = RenewLimiter(RenewLimits(namespace_burst=4, namespace_interval=1))
+    assert small.admit("x", ("x", "a"), 0.0, cost=8) == (0.0, "")
+    assert small.admit("x", ("x", "b"), 4.0, cost=8) == (0.0, "")
+
+
 def test_limiter_memory_is_bounded_by_recent_renewals() -> None:
     limiter = RenewLimiter(RenewLimits(identity_burst=1, identity_interval=10, namespace_burst=1000,
                                        namespace_interval=0.01))
@@ -98,10 +114,10 @@ def test_fair_slots_serve_namespaces_round_robin() -> None:
 
 
 def test_a_namespace_holds_at_most_its_share_while_others_wait() -> None:
-    """Two slots; a queues six, then b queues six: from then on freed slots alternate, so while both wait neither
-    holds more than one of the two slots beyond its first grant."""
+    """Three slots; a queues six and gets two (one is kept spare), then b queues six and gets the spare at once; from
+    then on freed slots alternate, so neither holds more than two."""
     async def scenario() -> list[tuple[str, dict[str, int]]]:
-        slots = FairSlots(2)
+        slots = FairSlots(3)
         gate = asyncio.Event()
         seen: list[tuple[str, dict[str, int]]] = []
 
@@ -113,7 +129,7 @@ def test_a_namespace_holds_at_most_its_share_while_others_wait() -> None:
         tasks = [asyncio.create_task(job("a")) for _ in range(6)]
         tasks += [asyncio.create_task(job("b")) for _ in range(6)]
         await asyncio.sleep(0)  # a yield, not a wait: every task has run up to its first await
-        assert dict(slots.held) == {"a": 2} and slots.waiting("a") == 4 and slots.waiting("b") == 6
+        assert dict(slots.held) == {"a": 2, "b": 1} and slots.waiting("a") == 4 and slots.waiting("b") == 5
         gate.set()
         await asyncio.gather(*tasks)
         return seen
@@ -121,7 +137,8 @@ def test_a_namespace_holds_at_most_its_share_while_others_wait() -> None:
     seen = _run(scenario())
     order = "".join(ns for ns, _ in seen)
     assert order == "aabababababb", order
-    assert all(held.get("a", 0) + held.get("b", 0) <= 2 for _, held in seen)
+    assert all(held.get("a", 0) <= 2 and held.get("b", 0) <= 2 for _, held in seen)
+    assert all(sum(held.values()) <= 3 for _, held in seen)
 
 
 def test_a_cancelled_waiter_gives_up_its_place_and_no_slot_leaks() -> None:
@@ -148,3 +165,26 @@ def test_a_cancelled_waiter_gives_up_its_place_and_no_slot_leaks() -> None:
         return slots._free
 
     assert _run(scenario()) == 1
+
+
+def test_one_namespace_alone_leaves_a_slot_for_a_newcomer() -> None:
+    """Slots are held for a whole key generation (seconds for RSA-4096): a namespace alone holds at most capacity - 1,
+    so a newcomer starts at once instead of waiting for one of those to end."""
+    async def scenario() -> None:
+        slots = FairSlots(4)
+        gate = asyncio.Event()
+
+        async def job(ns: str) -> None:
+            async with slots.slot(ns):
+                await gate.wait()
+
+        heavy = [asyncio.create_task(job("spam")) for _ in range(10)]
+        await asyncio.sleep(0)
+        assert dict(slots.held) == {"spam": 3} and slots.waiting("spam") == 7
+        async with slots.slot("newcomer"):  # granted without waiting for any of the spammer's slots
+            assert slots.held["newcomer"] == 1
+        gate.set()
+        await asyncio.gather(*heavy)
+        assert slots._free == 4 and not slots.held
+
+    _run(scenario())
