@@ -470,11 +470,11 @@ class Reconciler:
 
         self._blocked.discard(key)
         next_look = renewal
-        if deferred is not None and decision.action is not plan.Action.ISSUE:
-            next_look = min(next_look or deferred[0], deferred[0])  # the request is served when a token is due
         if spec.restart_targets:  # before the status: once it shows the new certificate, the roll is decided
             retry = await self._roll_workloads(body, spec, cert, now)
             next_look = min(x for x in (renewal, retry) if x) if (renewal or retry) else None
+        if deferred is not None and decision.action is not plan.Action.ISSUE:
+            next_look = min(next_look or deferred[0], deferred[0])  # the request is served when a token is due
         desired = status.healthy(body.get("status") or {}, spec.secret_name, spec.spiffe_id, cert, renewal, revision,
                                  ca.fingerprint, body["metadata"].get("generation", 0), now)
         if deferred is not None and decision.action is not plan.Action.ISSUE:
