@@ -4,11 +4,13 @@ listen addresses are what the flags say."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -39,17 +41,10 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def _chart_metrics_reader() -> dict:
-    """The chart's own metrics-reader ClusterRole, so the test proves what users will bind."""
-    helm = cluster.bin_dir() / "helm"
-    if not helm.exists():
-        pytest.skip("helm is not built")
-    out = subprocess.run([str(helm), "template", "rel", str(REPO / "charts" / "mtls-operator"), "--skip-tests",
-                          "--set", "metrics.secure.enabled=true"], capture_output=True, text=True, check=True).stdout
-    role = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "ClusterRole"
-                and d["metadata"]["name"].endswith("-metrics-reader"))
-    role["metadata"] = {"name": unique("metrics-reader")}
-    return role
+def _helm(kubeconfig: Path, *args: str) -> None:
+    out = subprocess.run([str(cluster.bin_dir() / "helm"), f"--kubeconfig={kubeconfig}", *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _token(api: Api, ns: str, name: str) -> str:
@@ -57,16 +52,44 @@ def _token(api: Api, ns: str, name: str) -> str:
     return api.core.create_namespaced_service_account_token(name, ns, {"spec": {"expirationSeconds": 600}}).status.token
 
 
-def test_secure_metrics_need_a_token_allowed_to_get_metrics(api: Api, operator: OperatorProcess, ns: str) -> None:
-    role = api.rbac.create_cluster_role(_chart_metrics_reader())
+def _as(kubeconfig: Path, token: str, path: Path) -> Path:
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["users"] = [{"name": "sa", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "sa"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def secure_release(kubeconfig: Path, api: Api, crd: None):
+    """The chart installed with metrics.secure.enabled (its pod never runs here: no nodes). Its own release name, so
+    its cluster-scoped roles do not meet another test's."""
+    namespace = unique("secure")
+    _helm(kubeconfig, "install", "sec", str(REPO / "charts" / "mtls-operator"), "-n", namespace, "--create-namespace",
+          "--set", "ca.secretName=chart-ca", "--set", "metrics.secure.enabled=true")
+    yield namespace
+    subprocess.run([str(cluster.bin_dir() / "helm"), f"--kubeconfig={kubeconfig}", "uninstall", "sec", "-n",
+                    namespace], capture_output=True, timeout=120)
+
+
+def test_secure_metrics_need_a_token_allowed_to_get_metrics(kubeconfig: Path, api: Api, operator: OperatorProcess,
+                                                            secure_release: str, ns: str, tmp_path: Path) -> None:
+    """The operator runs with the chart's ServiceAccount (so the chart's review RBAC is what is proven); a scraper
+    bound to the chart's metrics-reader ClusterRole gets 200, another ServiceAccount 403, no or a bad token 401."""
     binding = unique("metrics-reader")
     api.rbac.create_cluster_role_binding({
         "metadata": {"name": binding},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role.metadata.name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "sec-mtls-operator-metrics-reader"},
         "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": ns}]})
     reader, outsider = _token(api, ns, "prometheus"), _token(api, ns, "curious")
+    as_chart = _as(kubeconfig, api.core.create_namespaced_service_account_token(
+        "sec-mtls-operator", secure_release, {"spec": {"expirationSeconds": 3600}}).status.token,
+        tmp_path / "chart.kubeconfig")
     try:
-        with swapped_operator(operator, "--metrics-secure", "--metrics-bind-address", "127.0.0.2") as op:
+        with swapped_operator(operator, "--metrics-secure", "--metrics-bind-address", "127.0.0.2",
+                              "--ca-namespace", secure_release, "--ca-secret-name", "chart-ca",
+                              kubeconfig=as_chart) as op:
             url = f"https://127.0.0.2:{op.metrics_port}/metrics"
             status, body = wait_for("the secure metrics endpoint", lambda: (r := _get(url, reader))[0] == 200 and r)
             assert "mtls_operator_ca_ready" in body
@@ -81,11 +104,12 @@ def test_secure_metrics_need_a_token_allowed_to_get_metrics(api: Api, operator: 
             # Only the address asked for: not on 127.0.0.1. Health stays where the kit probes it.
             assert not _reachable("127.0.0.1", op.metrics_port)
             assert op.healthy()
-            # Tokens never reach the log.
-            assert reader not in op.log() and outsider not in op.log()
+            # Tokens never reach the log, and the chart's RBAC was enough for the reviews.
+            log = op.log()
+            assert reader not in log and outsider not in log
+            assert "could not review" not in log and "forbidden" not in log.lower(), log[-2000:]
     finally:
         api.rbac.delete_cluster_role_binding(binding)
-        api.rbac.delete_cluster_role(role.metadata.name)
 
 
 def test_listen_addresses_default_to_loopback_only(operator: OperatorProcess) -> None:
