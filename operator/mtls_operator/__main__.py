@@ -47,14 +47,16 @@ async def _operate(settings: config.Settings) -> int:
     from .health import HealthServer, ProcessState
     from .kube import COMPONENT, Kube
     from .leader import LeaderElection, LeaseTiming, replica_identity
+    from .metricsserver import from_settings as metrics_server
 
-    metrics.serve(settings.metrics_port)
     identity = replica_identity()
     state = ProcessState(settings)
-    health = HealthServer(settings.health_port, state.snapshot)
+    health = HealthServer(settings.health_port, state.snapshot, host=settings.health_bind_address)
     await health.start()
     fence = Fence() if settings.leader_election else None
     kube = Kube(workers=settings.api_workers, fence=fence, user_agent=f"{COMPONENT}/{__version__} ({identity})")
+    metrics_endpoint = metrics_server(settings, kube)
+    await metrics_endpoint.start()
     shutdown = asyncio.Event()
     _on_signals(shutdown.set)
     elector = None
@@ -78,6 +80,7 @@ async def _operate(settings: config.Settings) -> int:
         if elector is not None:
             await asyncio.to_thread(elector.stop_keeping)
             await asyncio.to_thread(elector.release)
+        await metrics_endpoint.stop()
         kube.close()
         await health.stop()
     return 0

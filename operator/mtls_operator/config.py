@@ -60,6 +60,19 @@ class Settings:
     lease_duration: dt.timedelta = dt.timedelta(seconds=15)  # how long a silent leader keeps the lease
     # Issue only for ServiceAccounts that exist: a SPIFFE ID that names no workload is most likely a typo.
     require_service_account: bool = True
+    # Renew requests (the mtls-operator.io/renew annotation) per identity and per namespace: a burst, then one per
+    # interval (fairness.RenewLimits says why these numbers). A burst of 0 turns that limit off.
+    renew_burst: int = 3
+    renew_interval: dt.timedelta = dt.timedelta(minutes=1)
+    renew_namespace_burst: int = 10
+    renew_namespace_interval: dt.timedelta = dt.timedelta(seconds=6)
+    # Where /metrics and /healthz listen. Loopback by default: /metrics names every namespace's identities. The chart
+    # binds both to the pod IP (the kubelet probes it), and can serve /metrics over HTTPS with TokenReview and
+    # SubjectAccessReview checks (metrics_secure).
+    metrics_bind_address: str = "127.0.0.1"
+    health_bind_address: str = "127.0.0.1"
+    metrics_secure: bool = False
+    metrics_cert_dir: str = ""  # tls.crt and tls.key for the secure endpoint; empty: a self-signed one made at start
 
     def check(self) -> None:
         if self.min_duration > self.max_duration:
@@ -127,6 +140,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     duration("lease-duration", "how long a leader that stopped renewing keeps the lease")
     add("--api-workers", type=int, default=int(_env("api-workers", str(d.api_workers))),
         help="API requests in flight at once")
+    add("--renew-burst", type=int, default=int(_env("renew-burst", str(d.renew_burst))),
+        help="renew requests (annotation) an identity may make at once before --renew-interval applies (0: no limit)")
+    duration("renew-interval", "after the burst, one renew request per identity this often")
+    add("--renew-namespace-burst", type=int,
+        default=int(_env("renew-namespace-burst", str(d.renew_namespace_burst))),
+        help="renew requests a namespace's identities may make at once before --renew-namespace-interval applies "
+             "(0: no limit)")
+    duration("renew-namespace-interval", "after the burst, one renew request per namespace this often")
+    add("--metrics-bind-address", default=_env("metrics-bind-address", d.metrics_bind_address),
+        help="address /metrics listens on (0.0.0.0 or :: for all)")
+    add("--health-bind-address", default=_env("health-bind-address", d.health_bind_address),
+        help="address /healthz and /readyz listen on (the kubelet probes the pod IP)")
+    add("--metrics-secure", action=argparse.BooleanOptionalAction,
+        default=_env("metrics-secure", "false").lower() in ("1", "true", "yes"),
+        help="serve /metrics over HTTPS to bearer tokens allowed `get` on the /metrics URL (TokenReview and "
+             "SubjectAccessReview)")
+    add("--metrics-cert-dir", default=_env("metrics-cert-dir", d.metrics_cert_dir),
+        help="directory with tls.crt and tls.key for --metrics-secure (default: a self-signed certificate)")
 
 
 def from_args(args: argparse.Namespace) -> Settings:
@@ -162,6 +193,14 @@ def from_args(args: argparse.Namespace) -> Settings:
         leader_election=args.leader_election,
         lease_name=args.lease_name,
         lease_duration=args.lease_duration,
+        renew_burst=max(0, args.renew_burst),
+        renew_interval=args.renew_interval,
+        renew_namespace_burst=max(0, args.renew_namespace_burst),
+        renew_namespace_interval=args.renew_namespace_interval,
+        metrics_bind_address=args.metrics_bind_address,
+        health_bind_address=args.health_bind_address,
+        metrics_secure=args.metrics_secure,
+        metrics_cert_dir=args.metrics_cert_dir,
     )
     settings.check()
     return settings

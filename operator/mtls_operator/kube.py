@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import copy
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -290,6 +291,24 @@ class Kube:
             await self._call("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body)
         except Exception as e:  # network errors too: an Event is never worth a failed reconcile
             log.warning("could not post event %s for %s/%s: %s", reason, namespace, meta.get("name"), e)
+
+    # ---- reviews for the secure /metrics endpoint (metricsserver.py) ----
+
+    async def _review(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Reviews are questions, not writes: nothing is stored, so they pass the fence (a standby's /metrics is
+        still scraped) and, like reads, may be retried."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(
+            self._request, "POST", path, body, fenced=False, client=self._client))
+
+    async def create_token_review(self, token: str) -> dict[str, Any]:
+        """Who a bearer token belongs to. The token is in the request body only: never logged, never in an error."""
+        return await self._review("/apis/authentication.k8s.io/v1/tokenreviews", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}})
+
+    async def create_subject_access_review(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._review("/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": dict(spec)})
 
     # ---- one object's watch (the CA Secret, which kopf's label-filtered Secret watch does not see) ----
 

@@ -1,11 +1,11 @@
-"""Prometheus metrics: what an on-call engineer alerts on (expiry, readiness, failures) and what capacity planning
-needs (issuance counts, reconcile latency, renewal lateness)."""
+"""Prometheus metrics (served by metricsserver.py): what an on-call engineer alerts on (expiry, readiness, failures)
+and what capacity planning needs (issuance counts, reconcile latency, renewal lateness)."""
 
 from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 LABELS = ("namespace", "name")
 
@@ -33,6 +33,9 @@ ca_rotation_waiting = Gauge(
 ca_lost = Gauge(
     "mtls_operator_ca_lost",
     "1 while the CA Secret is missing but the cluster shows its root in use: no new root is minted until recovered")
+renew_deferred = Counter(
+    "mtls_operator_renew_requests_deferred_total",
+    "renew requests (annotation) deferred by a rate limit, counted once per deferral, by limit", ("limit",))
 ca_expiry = Gauge("mtls_operator_ca_expiry_timestamp_seconds", "notAfter of the issuing CA")
 
 
@@ -42,7 +45,3 @@ def forget(namespace: str, name: str) -> None:
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
 
-
-def serve(port: int) -> None:
-    if port:
-        start_http_server(port)

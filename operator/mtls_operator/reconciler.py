@@ -24,6 +24,7 @@ from . import caloss, metrics, ownership, pki, plan, policy, rotation, status, t
 from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .config import Settings
+from .fairness import FairSlots, RenewLimiter, RenewLimits, key_cost
 from .kube import ApiError, Conflict, Kube, NotFound
 from .rotator import KEY as ROTATION_KEY
 from .rotator import RootRotator
@@ -164,7 +165,14 @@ class Reconciler:
         self.policies: dict[str, policy.Rule] = {}
         self.service_accounts: set[Key] = set()
         self._by_service_account: dict[Key, set[Key]] = {}  # (ns, sa) -> identities naming it
-        self._issuance = asyncio.Semaphore(settings.max_concurrent_issuance)
+        # Signing slots shared round-robin between namespaces, and renew requests rate-limited: one namespace's
+        # burst (or spam of the renew annotation) must not starve another's issuance (fairness.py).
+        self._issuance = FairSlots(settings.max_concurrent_issuance)
+        self.renew_limiter = RenewLimiter(RenewLimits(
+            identity_burst=settings.renew_burst, identity_interval=settings.renew_interval.total_seconds(),
+            namespace_burst=settings.renew_namespace_burst,
+            namespace_interval=settings.renew_namespace_interval.total_seconds()))
+        self._deferred: set[Key] = set()  # identities whose renew request waits for a token (an Event was posted)
         self._reissue_rate = RateLimiter(settings.reissue_rate)
         self._ca_watch_stop = threading.Event()
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
@@ -189,6 +197,8 @@ class Reconciler:
             self._refused_writes.pop(key, None)
             self._spare_keys.pop(key, None)
             self._blocked.discard(key)
+            self.renew_limiter.forget(key)
+            self._deferred.discard(key)
             parsed = self._specs.pop(key, (None, None))[1]
             if isinstance(parsed, IdentitySpec):
                 self._views.pop((parsed.namespace, parsed.secret_name), None)
@@ -592,6 +602,9 @@ class Reconciler:
             return
         renew_request = (body["metadata"].get("annotations") or {}).get(tlssecret.ANN_RENEW_REQUEST, "")
         decision = plan.decide(spec, view, ca, now, renew_request)
+        deferred: tuple[dt.datetime, str] | None = None
+        if decision.reason is plan.Reason.REQUESTED:
+            decision, deferred = self._admit_renew_request(key, body, spec, view, ca, now, renew_request, decision)
 
         if decision.action is plan.Action.CONFLICT:
             self._conflicted.add(key)
@@ -629,8 +642,14 @@ class Reconciler:
         if spec.restart_targets:  # before the status: once it shows the new certificate, the roll is decided
             retry = await self._roll_workloads(body, spec, cert, now)
             next_look = min(x for x in (renewal, retry) if x) if (renewal or retry) else None
+        if deferred is not None and decision.action is not plan.Action.ISSUE:
+            next_look = min(next_look or deferred[0], deferred[0])  # the request is served when a token is due
         desired = status.healthy(body.get("status") or {}, spec.secret_name, spec.spiffe_id, cert, renewal, revision,
                                  ca.fingerprint, body["metadata"].get("generation", 0), now)
+        if deferred is not None and decision.action is not plan.Action.ISSUE:
+            ready = desired["conditions"][0]
+            ready["message"] = (f"{ready['message']}; a renewal request ({tlssecret.ANN_RENEW_REQUEST}) is deferred by "
+                                f"the per-{deferred[1]} rate limit until {status.timestamp(deferred[0])}")
         await self._set_status(key, body, desired)
         metrics.identity_ready.labels(*key).set(1)
         metrics.certificate_expiry.labels(*key).set(cert.not_valid_after_utc.timestamp())
@@ -659,6 +678,32 @@ class Reconciler:
             log.error("%s/%s: %s", *key, message)
         self.scheduler.schedule(key, now + dt.timedelta(seconds=delay))
         await self._report_failure(body, status.Ready.SECRET_UNWRITABLE, message)
+
+    def _admit_renew_request(self, key: Key, body: dict[str, Any], spec: IdentitySpec, view: tlssecret.SecretView,
+                             ca: ca_mod.CA, now: dt.datetime, renew_request: str, decision: plan.Decision
+                             ) -> tuple[plan.Decision, tuple[dt.datetime, str] | None]:
+        """A renew request goes ahead only with a token from the identity's and the namespace's buckets. Otherwise it is
+        deferred, not lost: the identity is decided on as if no request were pending (a due or broken certificate is
+        still reissued, and that serves the request too), one Event says so per deferral, and the caller schedules a
+        look for when the token is due — the newest annotation value is then served."""
+        clock = now.timestamp()
+        if len(self.renew_limiter) > 4096:
+            self.renew_limiter.prune(clock)
+        cost = key_cost(spec.key.label, not decision.reuse_key)
+        wait, which = self.renew_limiter.admit(key[0], key, clock, cost)
+        if not wait:
+            self._deferred.discard(key)
+            return decision, None
+        # Whole seconds, rounded up: while nothing is taken the bucket's due time stays put, so repeated requests yield
+        # the same status and no extra writes.
+        until = dt.datetime.fromtimestamp(int(clock + wait) + 1, dt.UTC)
+        if key not in self._deferred:
+            self._deferred.add(key)
+            metrics.renew_deferred.labels(which).inc()
+            self._event(body, KIND, "Warning", "RenewalDeferred",
+                        f"renewal request {renew_request!r} exceeds the per-{which} rate limit; it will be served at "
+                        f"{status.timestamp(until)} (the current certificate stays in place)")
+        return plan.decide(spec, view, ca, now, ""), (until, which)
 
     async def _roll_workloads(self, body: dict[str, Any], spec: IdentitySpec, cert: Any,
                               now: dt.datetime) -> dt.datetime | None:
@@ -715,7 +760,8 @@ class Reconciler:
 
         if decision.reason is plan.Reason.CA_CHANGED:
             await self._reissue_rate.acquire()
-        async with self._issuance:  # key generation (RSA-4096 takes a second) stays off the event loop
+        # Key generation (RSA-4096 takes a second) stays off the event loop, in a slot shared fairly by namespaces.
+        async with self._issuance.slot(spec.namespace):
             cert, key_obj = await asyncio.to_thread(sign)
         revision = view.revision + 1 if view.owned else 1
         renew_request = (body["metadata"].get("annotations") or {}).get(tlssecret.ANN_RENEW_REQUEST, "")

@@ -164,6 +164,11 @@ def test_service_monitor_is_optional(helm: Path) -> None:
     ("metrics.port=70000", "/metrics/port"),
     ("unknownKey=1", "unknownKey"),
     ("tests.timeout=2 minutes", "/tests/timeout"),
+    ("metrics.bindAddress=a b", "/metrics/bindAddress"),
+    ("health.bindAddress=$(rm)", "/health/bindAddress"),
+    ("metrics.secure.enabled=yes", "/metrics/secure/enabled"),
+    ("renewRequests.burst=-1", "/renewRequests/burst"),
+    ("renewRequests.interval=1 minute", "/renewRequests/interval"),
 ])
 def test_schema_rejects_bad_values(helm: Path, bad: str, fragment: str) -> None:
     assert fragment in render_error(helm, bad)
@@ -226,3 +231,59 @@ def test_helm_test_runs_where_the_operator_serves(helm: Path) -> None:
 
 def test_helm_test_can_be_left_out(helm: Path) -> None:
     assert not _test_hooks(render(helm, "tests.enabled=false", tests=True))
+
+
+def _container(docs: list[dict]) -> dict:
+    return by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_metrics_and_health_listen_on_the_pod_ip(helm: Path) -> None:
+    """Not on every address of the pod: the kubelet probes the pod IP, the Service targets it; the binary's own
+    default (loopback) would fail the probes, so the chart always says where."""
+    container = _container(render(helm))
+    assert "--metrics-bind-address=$(POD_IP)" in container["args"]
+    assert "--health-bind-address=$(POD_IP)" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # $(POD_IP) is expanded only from a variable defined before use in the container: it is in env, not from a file.
+    assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    args = _container(render(helm, "metrics.bindAddress=0.0.0.0", "health.bindAddress=::"))["args"]
+    assert "--metrics-bind-address=0.0.0.0" in args and "--health-bind-address=::" in args
+
+
+def test_renew_request_limits_are_passed(helm: Path) -> None:
+    args = _container(render(helm, "renewRequests.burst=0", "renewRequests.namespaceInterval=30s"))["args"]
+    assert {"--renew-burst=0", "--renew-interval=1m", "--renew-namespace-burst=10",
+            "--renew-namespace-interval=30s"} <= set(args)
+
+
+def test_secure_metrics_rbac_reader_role_and_service_monitor(helm: Path) -> None:
+    plain = render(helm, "metrics.serviceMonitor.enabled=true")
+    names = {r["metadata"]["name"] for r in by_kind(plain, "ClusterRole")}
+    assert "rel-mtls-operator-metrics-auth" not in names and "rel-mtls-operator-metrics-reader" not in names
+    assert "--metrics-secure" not in _container(plain)["args"]
+
+    docs = render(helm, "metrics.secure.enabled=true", "metrics.serviceMonitor.enabled=true")
+    roles = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
+    # Exactly the two reviews, create only: no read of anything.
+    assert roles["rel-mtls-operator-metrics-auth"]["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}]
+    binding = next(b for b in by_kind(docs, "ClusterRoleBinding")
+                   if b["metadata"]["name"] == "rel-mtls-operator-metrics-auth")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-mtls-operator", "namespace": "mtls-system"}]
+    # What users bind scrapers to: get /metrics, nothing else, bound to nobody by the chart.
+    assert roles["rel-mtls-operator-metrics-reader"]["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    assert not any(b["roleRef"]["name"].endswith("-metrics-reader") for b in by_kind(docs, "ClusterRoleBinding"))
+    container = _container(docs)
+    assert "--metrics-secure" in container["args"]
+    assert not any(a.startswith("--metrics-cert-dir") for a in container["args"])
+    endpoint = by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+
+    with_cert = render(helm, "metrics.secure.enabled=true", "metrics.secure.certSecret=metrics-tls")
+    spec = by_kind(with_cert, "Deployment")[0]["spec"]["template"]["spec"]
+    assert "--metrics-cert-dir=/var/run/metrics-tls" in spec["containers"][0]["args"]
+    assert {"name": "metrics-tls", "secret": {"secretName": "metrics-tls", "defaultMode": 0o440}} in spec["volumes"]
