@@ -103,7 +103,7 @@ def test_secure_metrics_need_a_token_allowed_to_get_metrics(kubeconfig: Path, ap
                 urllib.request.urlopen(f"http://127.0.0.2:{op.metrics_port}/metrics", timeout=5).read()
             # Only the address asked for: not on 127.0.0.1. Health stays where the kit probes it.
             assert not _reachable("127.0.0.1", op.metrics_port)
-            assert op.healthy()
+            wait_for("/healthz on 127.0.0.1", op.healthy)
             # Tokens never reach the log, and the chart's RBAC was enough for the reviews.
             log = op.log()
             assert reader not in log and outsider not in log
@@ -116,6 +116,6 @@ def test_listen_addresses_default_to_loopback_only(operator: OperatorProcess) ->
     """The session's operator runs with the default addresses: /metrics and /healthz answer on 127.0.0.1 and not on
     another address of the host (127.0.0.2 stands in for it: before, both listened on every address)."""
     wait_for("metrics on 127.0.0.1", lambda: _reachable("127.0.0.1", operator.metrics_port))
-    assert operator.healthy()
+    wait_for("/healthz on 127.0.0.1", operator.healthy)  # a previous test may have just restarted it
     assert not _reachable("127.0.0.2", operator.metrics_port)
     assert not _reachable("127.0.0.2", operator.health_port)
