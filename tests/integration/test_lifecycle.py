@@ -27,6 +27,7 @@ def test_rotation_before_expiry_with_new_key_and_working_handshakes(api: Api, op
     api.create_identity(ns, "peer", {"usages": ["client"]})
     first = api.wait_ready(ns, "rot")["status"]
     old_files = secret_files(api.secret(ns, "rot-mtls"))
+    api.wait_ready(ns, "peer")  # issued in its own time: nothing orders it before or after "rot"
     peer = write_identity_dir(api.secret(ns, "peer-mtls"), tmp_path / "peer")
 
     renewed = wait_for("a renewal", lambda: (o := api.ready(ns, "rot")) and o["status"]["revision"] >= 2 and o,
