@@ -52,10 +52,16 @@ report() {
 	fi
 	echo "--- kind e2e timings"
 	printf '  %s\n' "${timings[@]}"
+	if [[ -s .cache/kind-e2e-report.txt ]]; then
+		echo "--- kind e2e results"
+		sed 's/^/  /' .cache/kind-e2e-report.txt
+	fi
 	exit $rc
 }
 trap report EXIT
 
+mkdir -p .cache
+: >.cache/kind-e2e-report.txt
 step "binaries" hack/build-bins.sh kind helm kube
 if [[ "${CI:-}" == "true" ]]; then  # CI proves a fresh cluster, never one a developer left behind
 	step "kind cluster (old one removed)" hack/kind.sh down

@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 
 from mtls_operator import pki, rotation
-from tests.kit import OPERATOR_NAMESPACE, Api, InClusterOperator, Kubectl, secret_files, wait_for
+from tests.kit import OPERATOR_NAMESPACE, REPO, Api, InClusterOperator, Kubectl, secret_files, wait_for
 
 pytestmark = [
     pytest.mark.kind,
@@ -74,6 +74,14 @@ print("STARTED", pki.serial_hex(chain[0]), flush=True)
 while True:
     time.sleep(3600)
 '''
+
+
+def report(line: str) -> None:
+    """A result worth reading in CI's output even when the test passes (pytest hides a passing test's prints):
+    appended to the file hack/kind-e2e.sh prints at its end."""
+    print(line)
+    with (REPO / ".cache" / "kind-e2e-report.txt").open("a") as out:
+        out.write(line.strip() + "\n")
 
 
 def _deployment(name: str, script: str, secret: str, env: dict[str, str] | None = None) -> dict:
@@ -191,7 +199,7 @@ def test_deployments_keep_mtls_across_renewals_a_root_rotation_and_an_operator_p
     failed = [line for line in attempts if line.startswith("FAIL")]
     server_errors = [line for line in kubectl("logs", "-n", ns, "deployment/greeter", "--tail=-1").stdout.splitlines()
                      if line.startswith("server error")]
-    print(f"\nkind workloads: {len(ok)} mutual-TLS handshakes through kubelet-mounted Secrets, {len(failed)} failed, "
+    report(f"kind workloads: {len(ok)} mutual-TLS handshakes through kubelet-mounted Secrets, {len(failed)} failed, "
           f"{len(served_serials())} server certificates served, server revision {revision}, one root rotation with "
           f"the operator pod {victim} deleted mid-rotation ({successor} finished it)")
     assert not failed, failed[:5]
@@ -235,6 +243,6 @@ def test_restart_target_is_rolled_by_the_deployment_controller_once_per_certific
                       and o["status"]["serialNumber"], timeout=60)
     wait_for("the Deployment rolled onto the second certificate", lambda: settled(second), timeout=240, interval=2)
     rolled = [s for s in rolled_serials() if s]
-    print(f"\nrestartTarget: ReplicaSets rolled for {rolled}; the running pod holds {running_serial()}")
+    report(f"restartTarget: ReplicaSets rolled for {rolled}; the running pod holds {running_serial()}")
     assert rolled == [first, second]  # once per certificate, in order: no extra roll, none missed
     assert apps.read_namespaced_deployment("legacy", ns).metadata.generation == 3  # created, then two rolls
