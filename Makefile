@@ -40,7 +40,8 @@ demo: venv ## the local demo: control plane, CRD, operator, identities, a real m
 
 test: venv bin lint ## lint; unit, chart and integration tests on Kubernetes 1.37 and 1.35; the kind e2e (operator as a pod)
 	$(PY) -m pytest
-	hack/test-more.sh
+	MTLS_KUBE_VERSION=1.35 $(PY) -m pytest -m integration -p no:cacheprovider
+	hack/kind-e2e.sh
 
 test-unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit
