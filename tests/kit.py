@@ -155,6 +155,19 @@ def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
     return next((c for c in obj.get("status", {}).get("conditions") or [] if c.get("type") == "Ready"), {})
 
 
+def token_kubeconfig(kubeconfig: Path, token: str, path: Path) -> Path:
+    """A copy of `kubeconfig` that authenticates with a bearer token (a ServiceAccount's): to act as that account."""
+    import json
+
+    import yaml
+
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["users"] = [{"name": "sa", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "sa"
+    path.write_text(json.dumps(config))
+    return path
+
+
 def secret_files(secret) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-import yaml
 
 import cluster
-from tests.kit import REPO, Api, Kubectl, OperatorProcess, swapped_operator, unique, wait_for
+from tests.kit import REPO, Api, Kubectl, OperatorProcess, swapped_operator, token_kubeconfig, unique, wait_for
 
 pytestmark = pytest.mark.local_operator
 
@@ -32,14 +31,6 @@ def helm(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.Complet
     if check:
         assert out.returncode == 0, out.stdout + out.stderr
     return out
-
-
-def token_kubeconfig(kubeconfig: Path, token: str, path: Path) -> Path:
-    config = yaml.safe_load(kubeconfig.read_text())
-    config["users"] = [{"name": "sa", "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = "sa"
-    path.write_text(json.dumps(config))
-    return path
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ listen addresses are what the flags say."""
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 import subprocess
@@ -13,10 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 import cluster
-from tests.kit import REPO, Api, OperatorProcess, swapped_operator, unique, wait_for
+from tests.kit import REPO, Api, OperatorProcess, swapped_operator, token_kubeconfig, unique, wait_for
 
 pytestmark = pytest.mark.local_operator
 
@@ -52,14 +50,6 @@ def _token(api: Api, ns: str, name: str) -> str:
     return api.core.create_namespaced_service_account_token(name, ns, {"spec": {"expirationSeconds": 600}}).status.token
 
 
-def _as(kubeconfig: Path, token: str, path: Path) -> Path:
-    config = yaml.safe_load(kubeconfig.read_text())
-    config["users"] = [{"name": "sa", "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = "sa"
-    path.write_text(json.dumps(config))
-    return path
-
-
 @pytest.fixture
 def secure_release(kubeconfig: Path, api: Api, crd: None):
     """The chart installed with metrics.secure.enabled (its pod never runs here: no nodes). Its own release name, so
@@ -83,7 +73,7 @@ def test_secure_metrics_need_a_token_allowed_to_get_metrics(kubeconfig: Path, ap
                     "name": "sec-mtls-operator-metrics-reader"},
         "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": ns}]})
     reader, outsider = _token(api, ns, "prometheus"), _token(api, ns, "curious")
-    as_chart = _as(kubeconfig, api.core.create_namespaced_service_account_token(
+    as_chart = token_kubeconfig(kubeconfig, api.core.create_namespaced_service_account_token(
         "sec-mtls-operator", secure_release, {"spec": {"expirationSeconds": 3600}}).status.token,
         tmp_path / "chart.kubeconfig")
     try:
