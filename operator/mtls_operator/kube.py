@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -35,6 +35,17 @@ METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v
 METADATA_ONE = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 METADATA_PAGE = 100
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _watch_events(raw: Any) -> Iterator[dict[str, Any]]:
+    """The events of a watch response, one JSON object per line, as the chunks arrive."""
+    buffer = b""
+    for chunk in raw.stream(4096, decode_content=True):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
 
 
 class ApiError(Exception):
@@ -349,22 +360,15 @@ class Kube:
         try:
             if resp.status >= 400:
                 return None
-            buffer = b""
-            for chunk in raw.stream(4096, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":
-                        return None
-                    version = obj.get("metadata", {}).get("resourceVersion", version)
-                    if event.get("type") in ("ADDED", "MODIFIED"):
-                        on_change(obj)
-                    elif event.get("type") == "DELETED":
-                        on_change(None)
+            for event in _watch_events(raw):
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    return None
+                version = obj.get("metadata", {}).get("resourceVersion", version)
+                if event.get("type") in ("ADDED", "MODIFIED"):
+                    on_change(obj)
+                elif event.get("type") == "DELETED":
+                    on_change(None)
             return version
         finally:
             with contextlib.suppress(Exception):
@@ -425,20 +429,13 @@ class Kube:
         try:
             if resp.status >= 400:
                 return None
-            buffer = b""
-            for chunk in raw.stream(4096, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "ERROR":
-                        return None
-                    version = obj.get("metadata", {}).get("resourceVersion", version)
-                    if kind in ("ADDED", "MODIFIED", "DELETED"):
-                        on_event(kind, {"metadata": obj.get("metadata") or {}})
+            for event in _watch_events(raw):
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    return None
+                version = obj.get("metadata", {}).get("resourceVersion", version)
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    on_event(kind, {"metadata": obj.get("metadata") or {}})
             return version
         finally:
             with contextlib.suppress(Exception):
