@@ -139,7 +139,7 @@ async def _lead(settings: config.Settings, identity: str, kube: Any, elector: An
     state.leading = True
     try:
         await kopf.operator(
-            registry=build_registry(),
+            registry=build_registry(settings),
             memo=memo,
             stop_flag=stop,
             ready_flag=state.kopf_ready,

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from . import tlssecret
+from .config import Settings
 from .kube import NotFound
 from .policy import POLICY_PLURAL
 from .reconciler import Reconciler
@@ -22,14 +23,14 @@ from .spec import GROUP, PLURAL, VERSION
 log = logging.getLogger(__name__)
 
 
-def build_registry() -> kopf.OperatorRegistry:
+def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     # The same credentials as kube.py's client: in-cluster service account, else KUBECONFIG.
     kopf.on.login(registry=registry)(kopf.login_via_client)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        configure(settings)
+        configure(settings, memo.settings)
         kube = memo.kube
         reconciler = Reconciler(memo.settings, kube)
         memo.reconciler = reconciler
@@ -46,9 +47,9 @@ def build_registry() -> kopf.OperatorRegistry:
                   for path in kube.secret_paths(namespaces)]
         await reconciler.prefill_secrets([body for _path, bodies, _version in listed for body in bodies])
         if memo.settings.bundle_configmap:
-            for body in await kube.list_all("/api/v1", "configmaps", namespaces, tlssecret.MANAGED_SELECTOR):
-                if body["metadata"]["name"] == memo.settings.bundle_configmap:
-                    reconciler.bundles.maps[body["metadata"]["namespace"]] = body
+            for body in await kube.list_all("/api/v1", "configmaps", namespaces, tlssecret.MANAGED_SELECTOR,
+                                            bundle_selector(memo.settings)):
+                reconciler.bundles.maps[body["metadata"]["namespace"]] = body
         for body in await kube.list_all("/api/v1", "serviceaccounts", namespaces):
             reconciler.service_account_event("ADDED", body)
         try:
@@ -80,9 +81,10 @@ def build_registry() -> kopf.OperatorRegistry:
     async def identity_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.identity_event(event["type"], event["object"])
 
-    @kopf.on.event("v1", "configmaps", registry=registry)
-    async def configmap_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        memo.reconciler.bundles.event(event["type"], event["object"])
+    if settings.bundle_configmap:
+        @kopf.on.event("v1", "configmaps", registry=registry)
+        async def configmap_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+            memo.reconciler.bundles.event(event["type"], event["object"])
 
     @kopf.on.event("v1", "serviceaccounts", registry=registry)
     async def service_account_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -109,10 +111,18 @@ class _NoDiffBase(kopf.DiffBaseStorage):
         pass
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
+def bundle_selector(settings: Settings) -> str:
+    """Only the trust-bundle ConfigMap's name is watched, server-side: a tenant can copy the label onto any number of
+    large ConfigMaps, but at most one per namespace can carry this name (bad input 103, docs/security.md)."""
+    return f"metadata.name={settings.bundle_configmap}"
+
+
+def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # Our own Events only: kopf would otherwise post one per handler run.
     settings.posting.enabled = False
     settings.watching.label_selectors["v1", "configmaps"] = tlssecret.MANAGED_SELECTOR
+    if ours.bundle_configmap:
+        settings.watching.field_selectors["v1", "configmaps"] = bundle_selector(ours)
     # Serve the resources that exist at start; no list/watch of CRDs and namespaces is needed (least privilege).
     settings.scanning.disabled = True
     settings.persistence.diffbase_storage = _NoDiffBase()

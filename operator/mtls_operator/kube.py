@@ -155,7 +155,7 @@ class Kube:
             return None
 
     async def list_all(self, api: str, plural: str, namespaces: tuple[str, ...] = (),
-                       label_selector: str = "") -> list[dict[str, Any]]:
+                       label_selector: str = "", field_selector: str = "") -> list[dict[str, Any]]:
         """Every object of a resource, in pages: cluster-wide, or one list per namespace when namespaces are given.
         `api` is "/api/v1" or "/apis/<group>/<version>"."""
         paths = [f"{api}/namespaces/{quote(ns)}/{plural}" for ns in namespaces] or [f"{api}/{plural}"]
@@ -165,6 +165,7 @@ class Kube:
             token = ""
             while True:
                 query = {"limit": "500", **({"labelSelector": label_selector} if label_selector else {}),
+                         **({"fieldSelector": field_selector} if field_selector else {}),
                          **({"continue": token} if token else {})}
                 page = await loop.run_in_executor(self._pool, lambda q=query, p=path: self._request("GET", p, query=q))
                 out.extend(page.get("items") or [])

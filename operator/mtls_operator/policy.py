@@ -98,11 +98,17 @@ def dns_denial(dns: str, namespace: str, cluster_domain: str) -> str:
 
 def check(spec: IdentitySpec, rules: Iterable[Rule], cluster_domain: str) -> str | None:
     """None when every name is allowed; otherwise why the first one that is not, naming it."""
-    mine = [r for r in rules if spec.namespace in r.namespaces]
-    for dns in spec.dns_names:
-        if not own_service_name(dns, spec.namespace, cluster_domain) and not any(r.allows_dns(dns) for r in mine):
-            return dns_denial(dns, spec.namespace, cluster_domain)
-    for ip in spec.ip_addresses:
+    return check_names(spec.namespace, spec.dns_names, spec.ip_addresses, rules, cluster_domain)
+
+
+def check_names(namespace: str, dns_names: Iterable[str], ip_addresses: Iterable[str], rules: Iterable[Rule],
+                cluster_domain: str) -> str | None:
+    """The same rule for every front (an MtlsIdentity's spec, a pod certificate's annotations)."""
+    mine = [r for r in rules if namespace in r.namespaces]
+    for dns in dns_names:
+        if not own_service_name(dns, namespace, cluster_domain) and not any(r.allows_dns(dns) for r in mine):
+            return dns_denial(dns, namespace, cluster_domain)
+    for ip in ip_addresses:
         if not any(r.allows_ip(ip) for r in mine):
-            return f"ipAddresses entry {ip!r} is not allowed for namespace {spec.namespace} by any MtlsIdentityPolicy"
+            return f"ipAddresses entry {ip!r} is not allowed for namespace {namespace} by any MtlsIdentityPolicy"
     return None

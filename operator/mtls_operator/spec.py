@@ -201,6 +201,11 @@ def _restart_targets(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(dict.fromkeys(out))
 
 
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    """The one SPIFFE ID rule, for an MtlsIdentity and a pod certificate alike: the workload is its ServiceAccount."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
 def default_dns_names(service: str, namespace: str, cluster_domain: str) -> list[str]:
     """The names a Service of that name answers to in every namespace of the cluster. The bare single-label
     `<service>` is left out: it means "that Service in MY namespace" to each client, so the default policy does not
@@ -259,7 +264,7 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any] | None, settings: S
         raise InvalidSpec("spec.secretTemplate must be an object")
     return IdentitySpec(
         namespace=namespace, name=name, secret_name=secret_name, service_account=service_account,
-        spiffe_id=f"spiffe://{settings.trust_domain}/ns/{namespace}/sa/{service_account}",
+        spiffe_id=spiffe_id(settings.trust_domain, namespace, service_account),
         server=server, client=client, dns_names=tuple(dns_names), ip_addresses=tuple(ips),
         duration=duration, renew_before=renew_before, key=_key_spec(spec.get("privateKey")),
         secret_labels=_string_map(template, "labels", 63),

@@ -67,6 +67,7 @@ def _assert_loud(api: Api, op: OperatorProcess, ca: str) -> str:
     return state[2]
 
 
+@pytest.mark.fault_timing
 @pytest.mark.timeout(240)
 def test_lost_root_is_never_replaced_silently_and_recovers_through_the_overlap_phases(api: Api,
                                                                                       operator: OperatorProcess,

@@ -54,6 +54,7 @@ def _is_lease(event: dict[str, Any]) -> bool:
     return event.get("objectRef", {}).get("resource") == "leases"
 
 
+@pytest.mark.fault_timing
 def test_a_paused_leader_writes_nothing_once_another_replica_holds_the_lease(
         api: Api, operator: OperatorProcess, ns: str, control_plane) -> None:
     """SIGSTOP the leader mid-work for longer than the lease, let a standby take over, pile up work for the paused one
@@ -100,6 +101,7 @@ def test_a_paused_leader_writes_nothing_once_another_replica_holds_the_lease(
                 api.delete_identity(ns, name)
 
 
+@pytest.mark.fault_timing
 def test_an_api_server_outage_does_not_kill_the_operator(api: Api, operator: OperatorProcess, ns: str,
                                                          control_plane) -> None:
     """The API server stops for 30 s, far longer than the lease. The operator stays up, says it is not ready, wins the

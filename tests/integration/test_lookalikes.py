@@ -22,6 +22,14 @@ from tests.kit import OPERATOR_NAMESPACE, Api, OperatorProcess, swapped_operator
 
 pytestmark = pytest.mark.local_operator
 COUNT, SIZE = 40, 1_000_000  # 40 MB of look-alike data: before the fix, the operator's RSS grew by about 55 MB
+MAPS = 30  # look-alike ConfigMaps of SIZE each: before their fix (a name filter on the watch), kopf held them all
+
+
+def lookalike_map(namespace: str, name: str, size: int) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "mtls-operator"}},
+            "data": {"ca.crt": os.urandom(size // 2).hex()[:size]}}
 
 
 def lookalike(namespace: str, name: str, owner: dict, size: int, ca_crt: bytes = b"") -> dict:
@@ -59,7 +67,8 @@ def settled(pid: int, quiet: float = 2.0) -> tuple[float, float]:
 
 @pytest.mark.timeout(300)
 def test_lookalike_secrets_cost_no_memory_even_across_a_restart(api: Api, operator: OperatorProcess, ns: str) -> None:
-    """Bad input 100 (docs/security.md). Before the fix each look-alike was cached whole (and listed whole at start)."""
+    """Bad inputs 100 and 103 (docs/security.md). Before the fix each look-alike was cached whole (and listed whole at
+    start)."""
     owner = api.create_identity(ns, "shop")
     api.wait_ready(ns, "shop")
     with swapped_operator(operator, "--namespace", ns) as op:
@@ -67,8 +76,10 @@ def test_lookalike_secrets_cost_no_memory_even_across_a_restart(api: Api, operat
         base_peak, base_rss = settled(op.proc.pid)
         for i in range(COUNT):
             api.core.create_namespaced_secret(ns, lookalike(ns, f"lookalike-{i}", owner, SIZE))
+        for i in range(MAPS):
+            api.core.create_namespaced_config_map(ns, lookalike_map(ns, f"lookalike-{i}", SIZE))
         _, rss = settled(op.proc.pid)
-        assert rss - base_rss < 20, f"RSS grew {rss - base_rss:.1f} MiB with {COUNT} look-alikes"
+        assert rss - base_rss < 20, f"RSS grew {rss - base_rss:.1f} MiB with {COUNT} + {MAPS} look-alikes"
         op.restart()
         peak, _ = settled(op.proc.pid)
         assert peak - base_peak < 20, f"a restart peaked {peak - base_peak:.1f} MiB above the baseline"
@@ -76,6 +87,8 @@ def test_lookalike_secrets_cost_no_memory_even_across_a_restart(api: Api, operat
         # Never touched: the operator does not write a Secret it cannot prove is its own.
         assert api.secret(ns, "lookalike-0").metadata.resource_version
         assert api.secret(ns, "shop-mtls").data["tls.crt"] != api.secret(ns, "lookalike-0").data["tls.crt"]
+        bundle = api.core.read_namespaced_config_map("mtls-trust-bundle", ns)  # the real one is still kept
+        assert bundle.data["ca.crt"].startswith("-----BEGIN CERTIFICATE-----")
 
 
 class Churn:
@@ -117,6 +130,7 @@ def _condition(obj: dict, kind: str) -> dict:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
+@pytest.mark.fault_timing
 @pytest.mark.timeout(240)
 def test_churning_lookalikes_cannot_hold_a_root_rotation(api: Api, operator: OperatorProcess, ns: str) -> None:
     """Bad input 101. Before the fix the look-alikes were waited for, and each change of their count restarted the

@@ -143,7 +143,7 @@ def _roots(api: Api, name: str) -> list:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("mode", ["root", "intermediate"])
+@pytest.mark.parametrize("mode", ["root", pytest.param("intermediate", marks=pytest.mark.fault_timing)])
 def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: OperatorProcess, ns: str,
                                                       tmp_path: Path, mode: str) -> None:
     ca = f"rot-{mode}-ca"
@@ -197,6 +197,7 @@ def test_rotation_of_leaves_and_root_without_downtime(api: Api, operator: Operat
     assert len(traffic.serials) >= 4  # the server's certificate changed under the same listening socket
 
 
+@pytest.mark.fault_timing
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("phase", ["Propagating", "Reissuing", "Retiring"])
 def test_rotation_killed_in_each_phase_resumes_and_completes(api: Api, operator: OperatorProcess, ns: str,
