@@ -73,6 +73,12 @@ class Settings:
     health_bind_address: str = "127.0.0.1"
     metrics_secure: bool = False
     metrics_cert_dir: str = ""  # tls.crt and tls.key for the secure endpoint; empty: a self-signed one made at start
+    # The PodCertificateRequest signer (podsigner.py): its name ("" turns it off), the longest pod certificate it
+    # signs (the API's floor is one hour; Kubernetes' own signers stop at 24 h), and which namespaces may use it: a
+    # label selector on namespaces, which only cluster admins can label ("" means every namespace served).
+    pod_signer: str = "mtls-operator.io/spiffe"
+    pod_cert_max_lifetime: dt.timedelta = dt.timedelta(hours=24)
+    pod_cert_namespace_selector: str = "mtls-operator.io/pod-certificates=enabled"
 
     def check(self) -> None:
         if self.min_duration > self.max_duration:
@@ -81,6 +87,11 @@ class Settings:
             raise ValueError(f"ca-key must be one of {', '.join(KEY_CHOICES)}")
         if not self.trust_domain or "/" in self.trust_domain or ":" in self.trust_domain:
             raise ValueError(f"trust-domain {self.trust_domain!r} must be a bare domain name")
+        if self.pod_signer and (self.pod_signer.count("/") != 1 or self.pod_signer.startswith("kubernetes.io/")
+                                or not all(self.pod_signer.split("/"))):
+            raise ValueError(f"pod-signer {self.pod_signer!r} must be <domain>/<name>, outside kubernetes.io")
+        if self.pod_cert_max_lifetime < dt.timedelta(hours=1):
+            raise ValueError("pod-cert-max-lifetime must be at least 1h (the API's minimum for a pod certificate)")
 
 
 def _env(name: str, default: str) -> str:
@@ -158,6 +169,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "SubjectAccessReview)")
     add("--metrics-cert-dir", default=_env("metrics-cert-dir", d.metrics_cert_dir),
         help="directory with tls.crt and tls.key for --metrics-secure (default: a self-signed certificate)")
+    add("--pod-signer", default=_env("pod-signer", d.pod_signer),
+        help='sign PodCertificateRequests for this signer name and publish its ClusterTrustBundle ("" turns it off)')
+    duration("pod-cert-max-lifetime", "longest pod certificate signed (at least 1h)")
+    add("--pod-cert-namespace-selector", default=_env("pod-cert-namespace-selector", d.pod_cert_namespace_selector),
+        help='label selector of the namespaces whose pods may get certificates ("" every namespace served)')
 
 
 def from_args(args: argparse.Namespace) -> Settings:
@@ -201,6 +217,9 @@ def from_args(args: argparse.Namespace) -> Settings:
         health_bind_address=args.health_bind_address,
         metrics_secure=args.metrics_secure,
         metrics_cert_dir=args.metrics_cert_dir,
+        pod_signer=args.pod_signer,
+        pod_cert_max_lifetime=args.pod_cert_max_lifetime,
+        pod_cert_namespace_selector=args.pod_cert_namespace_selector,
     )
     settings.check()
     return settings

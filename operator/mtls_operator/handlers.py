@@ -16,6 +16,7 @@ import kopf
 from . import tlssecret
 from .config import Settings
 from .kube import NotFound
+from .podsigner import PodSigner
 from .policy import POLICY_PLURAL
 from .reconciler import Reconciler
 from .spec import GROUP, PLURAL, VERSION
@@ -43,7 +44,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         for body in await kube.list_all(f"/apis/{GROUP}/{VERSION}", PLURAL, namespaces):
             reconciler.identities.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
         loop = asyncio.get_running_loop()
-        listed = [(path, *await loop.run_in_executor(None, kube.list_metadata, path, tlssecret.MANAGED_SELECTOR))
+        listed = [(path, *await loop.run_in_executor(None, kube.list_objects, path, tlssecret.MANAGED_SELECTOR))
                   for path in kube.secret_paths(namespaces)]
         await reconciler.prefill_secrets([body for _path, bodies, _version in listed for body in bodies])
         if memo.settings.bundle_configmap:
@@ -61,6 +62,12 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         reconciler.start_ca_watch(loop)
         for path, _bodies, version in listed:
             reconciler.start_secret_watch(loop, path, version)
+        if memo.settings.pod_signer:
+            # The second front on the same issuer: PodCertificateRequests for our signer, and its ClusterTrustBundle.
+            memo.pod_signer = PodSigner(memo.settings, kube, reconciler.issuer, reconciler.spawn)
+            await memo.pod_signer.start(loop)
+            if memo.pod_signer.trust_bundle.active:
+                reconciler.cluster_bundle = memo.pod_signer.trust_bundle
         memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")
         log.info("mtls-operator started: %d managed Secrets, CA %s", len(reconciler.secrets),
                  "ready" if reconciler.ca else "UNAVAILABLE")
@@ -74,6 +81,8 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
             task.cancel()
         if getattr(memo, "stop", None):
             memo.stop.set()
+        if getattr(memo, "pod_signer", None):
+            memo.pod_signer.stop()
         if getattr(memo, "reconciler", None):
             memo.reconciler.stop()
 

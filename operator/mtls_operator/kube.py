@@ -35,6 +35,7 @@ METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v
 METADATA_ONE = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 METADATA_PAGE = 100
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CERTIFICATES = "/apis/certificates.k8s.io/v1"
 
 
 def _watch_events(raw: Any) -> Iterator[dict[str, Any]]:
@@ -219,6 +220,46 @@ class Kube:
         path = f"/api/v1/namespaces/{quote(meta['namespace'])}/configmaps/{quote(meta['name'])}"
         return await self._call("PUT", path, body)
 
+    # ---- pod certificates: PodCertificateRequests and ClusterTrustBundles (certificates.k8s.io/v1) ----
+
+    async def served_resources(self, group_version: str) -> set[str]:
+        """The resources an API group version serves (empty when it is not served at all): Kubernetes before 1.37,
+        or with the pod-certificate feature gates off, has no certificates.k8s.io/v1 PodCertificateRequests."""
+        try:
+            found = await self._call("GET", f"/apis/{group_version}")
+        except NotFound:
+            return set()
+        return {r.get("name", "") for r in found.get("resources") or []}
+
+    @staticmethod
+    def _pod_certificate(namespace: str, name: str) -> str:
+        return f"{CERTIFICATES}/namespaces/{quote(namespace)}/podcertificaterequests/{quote(name)}"
+
+    async def get_pod_certificate_request(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", self._pod_certificate(namespace, name))
+        except NotFound:
+            return None
+
+    async def patch_pod_certificate_status(self, namespace: str, name: str, resource_version: str,
+                                           status: Mapping[str, Any]) -> dict[str, Any]:
+        """One merge patch of the status, conditional on the version read (a 409 if the request changed)."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
+        return await self._call("PATCH", self._pod_certificate(namespace, name) + "/status", body,
+                                "application/merge-patch+json")
+
+    async def get_cluster_trust_bundle(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", f"{CERTIFICATES}/clustertrustbundles/{quote(name)}")
+        except NotFound:
+            return None
+
+    async def create_cluster_trust_bundle(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", f"{CERTIFICATES}/clustertrustbundles", body)
+
+    async def replace_cluster_trust_bundle(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("PUT", f"{CERTIFICATES}/clustertrustbundles/{quote(body['metadata']['name'])}", body)
+
     # ---- MtlsIdentities ----
 
     @staticmethod
@@ -376,55 +417,61 @@ class Kube:
                 raw.release_conn()
 
 
-    # ---- Secrets' metadata only (the identity Secrets' list and watch: look-alikes' data never reaches us) ----
+    # ---- lists and watches on threads of their own: the identity Secrets' metadata (look-alikes' data never
+    # reaches us), namespaces opted in to pod certificates, PodCertificateRequests for our signer ----
 
     def secret_paths(self, namespaces: tuple[str, ...]) -> list[str]:
         return [self._secrets(ns) for ns in namespaces] or ["/api/v1/secrets"]
 
-    def list_metadata(self, path: str, label_selector: str) -> tuple[list[dict[str, Any]], str]:
-        """Blocking: every object's metadata under `path` (PartialObjectMetadata), in small pages, and the list's
-        resourceVersion to watch from. Small pages bound what one response may hold (annotations can reach 256 KiB)."""
+    def list_objects(self, path: str, label_selector: str = "", field_selector: str = "",
+                     metadata_only: bool = True) -> tuple[list[dict[str, Any]], str]:
+        """Blocking: every object under `path` (as PartialObjectMetadata when `metadata_only`), in small pages, and
+        the list's resourceVersion to watch from. Small pages bound what one response may hold (annotations can reach
+        256 KiB)."""
         out: list[dict[str, Any]] = []
         token, version = "", ""
         while True:
-            query = {"limit": str(METADATA_PAGE), "labelSelector": label_selector,
+            query = {"limit": str(METADATA_PAGE), **_selectors(label_selector, field_selector),
                      **({"continue": token} if token else {})}
-            page = self._request("GET", path, query=query, accept=METADATA_LIST)
+            accept = METADATA_LIST if metadata_only else "application/json"
+            page = self._request("GET", path, query=query, accept=accept)
             for item in page.get("items") or []:
-                out.append({"metadata": item.get("metadata") or {}})
+                out.append({"metadata": item.get("metadata") or {}} if metadata_only else item)
             version = page.get("metadata", {}).get("resourceVersion", version)
             token = page.get("metadata", {}).get("continue", "")
             if not token:
                 return out, version
 
-    def watch_metadata(self, path: str, label_selector: str, version: str,
-                       on_event: Callable[[str, dict[str, Any]], None],
-                       on_listed: Callable[[list[dict[str, Any]]], None], stop: threading.Event) -> None:
-        """Blocking (a thread of its own): on_event(type, {"metadata": ...}) for every change under `path` from
-        `version` on, until `stop` is set. When the version has expired (410) or the stream fails, lists again and hands
-        the whole list to on_listed, so deletions missed meanwhile are noticed."""
+    def watch_objects(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
+                      on_listed: Callable[[list[dict[str, Any]]], None], stop: threading.Event, *,
+                      label_selector: str = "", field_selector: str = "", metadata_only: bool = True) -> None:
+        """Blocking (a thread of its own): on_event(type, object) for every change under `path` from `version` on
+        (metadata only unless asked), until `stop` is set. When the version has expired (410) or the stream fails,
+        lists again and hands the whole list to on_listed, so deletions missed meanwhile are noticed."""
         backoff = 1.0
         while not stop.is_set():
             try:
                 if not version:
-                    items, version = self.list_metadata(path, label_selector)
+                    items, version = self.list_objects(path, label_selector, field_selector, metadata_only)
                     on_listed(items)
                 backoff = 1.0
                 while not stop.is_set() and version:
-                    version = self._watch_metadata_once(path, label_selector, version, on_event) or ""
+                    version = self._watch_objects_once(path, version, on_event, label_selector, field_selector,
+                                                       metadata_only) or ""
             except Exception as e:  # the watch must outlive API hiccups
-                log.warning("Secret metadata watch on %s failed (%s); retrying in %.0fs", path, e, backoff)
+                log.warning("watch on %s failed (%s); retrying in %.0fs", path, e, backoff)
                 version = ""
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _watch_metadata_once(self, path: str, label_selector: str, version: str,
-                             on_event: Callable[[str, dict[str, Any]], None]) -> str | None:
+    def _watch_objects_once(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
+                            label_selector: str, field_selector: str, metadata_only: bool) -> str | None:
+        query = [*_selectors(label_selector, field_selector).items(), ("watch", "true"), ("resourceVersion", version),
+                 ("timeoutSeconds", "290"), ("allowWatchBookmarks", "true")]
         m, url, h, b, p = self._client.param_serialize(
-            "GET", path, query_params=[("labelSelector", label_selector), ("watch", "true"),
-                                       ("resourceVersion", version), ("timeoutSeconds", "290"),
-                                       ("allowWatchBookmarks", "true")],
-            header_params={"Accept": METADATA_ONE}, auth_settings=["BearerToken"])
+            "GET", path, query_params=query,
+            header_params={"Accept": METADATA_ONE if metadata_only else "application/json"},
+            auth_settings=["BearerToken"])
         resp = self._client.call_api(m, url, h, b, p, _request_timeout=(10, 330))
         raw = resp.response
         try:
@@ -436,8 +483,13 @@ class Kube:
                     return None
                 version = obj.get("metadata", {}).get("resourceVersion", version)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    on_event(kind, {"metadata": obj.get("metadata") or {}})
+                    on_event(kind, {"metadata": obj.get("metadata") or {}} if metadata_only else obj)
             return version
         finally:
             with contextlib.suppress(Exception):
                 raw.release_conn()
+
+
+def _selectors(label_selector: str, field_selector: str) -> dict[str, str]:
+    return {**({"labelSelector": label_selector} if label_selector else {}),
+            **({"fieldSelector": field_selector} if field_selector else {})}

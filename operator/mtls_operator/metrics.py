@@ -36,6 +36,14 @@ ca_lost = Gauge(
 renew_deferred = Counter(
     "mtls_operator_renew_requests_deferred_total",
     "renew requests (annotation) deferred by a rate limit, counted once per deferral, by limit", ("limit",))
+pod_certificates = Counter(
+    "mtls_operator_pod_certificates_total", "PodCertificateRequests answered by the signer, by result and reason",
+    ("result", "reason"))
+pod_certificate_seconds = Histogram(
+    "mtls_operator_pod_certificate_duration_seconds", "from a PodCertificateRequest seen to its status written",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+pod_signer_serving = Gauge(
+    "mtls_operator_pod_signer_serving", "1 while the PodCertificateRequest signer watches requests (the API is served)")
 ca_expiry = Gauge("mtls_operator_ca_expiry_timestamp_seconds", "notAfter of the issuing CA")
 
 

@@ -23,8 +23,10 @@ from . import ca as ca_mod
 from . import caloss, metrics, ownership, pki, plan, policy, rotation, status, tlssecret
 from .authority import AuthorityStatus
 from .bundles import TrustBundles
+from .clustertrustbundle import ClusterTrustBundlePublisher
 from .config import Settings
-from .fairness import FairSlots, RenewLimiter, RenewLimits, key_cost
+from .fairness import RenewLimiter, RenewLimits, key_cost
+from .issuer import Issuer
 from .kube import ApiError, Conflict, Kube, NotFound
 from .rotator import KEY as ROTATION_KEY
 from .rotator import RootRotator
@@ -143,7 +145,8 @@ class Reconciler:
         self.identities = NewestCache()  # (ns, name) -> MtlsIdentity
         # (ns, secretName) -> a Secret proven ours (ownership.py), only the data fields we read. Nothing else is kept.
         self.secrets = NewestCache(ownership.trimmed)
-        self.ca: ca_mod.CA | None = None
+        # The signing core shared with the pod-certificate signer: the CA in force, policy grants, fair slots.
+        self.issuer = Issuer(settings, clock)
         self.ca_error = "the CA has not been loaded yet"
         self.scheduler = Scheduler(self.trigger, clock)
         self.scheduler.lateness = metrics.renewal_lateness.observe
@@ -162,12 +165,10 @@ class Reconciler:
         # instead of making a new one each time.
         self._spare_keys: dict[Key, pki.PrivateKey] = {}
         self.ca_loss: caloss.Evidence | None = None  # set while the CA Secret is lost and its root is in use
-        self.policies: dict[str, policy.Rule] = {}
         self.service_accounts: set[Key] = set()
         self._by_service_account: dict[Key, set[Key]] = {}  # (ns, sa) -> identities naming it
-        # Signing slots shared round-robin between namespaces, and renew requests rate-limited: one namespace's
-        # burst (or spam of the renew annotation) must not starve another's issuance (fairness.py).
-        self._issuance = FairSlots(settings.max_concurrent_issuance)
+        # Renew requests rate-limited per identity and namespace: one namespace's spam of the renew annotation must
+        # not starve another's issuance (fairness.py; the signing slots are the issuer's).
         self.renew_limiter = RenewLimiter(RenewLimits(
             identity_burst=settings.renew_burst, identity_interval=settings.renew_interval.total_seconds(),
             namespace_burst=settings.renew_namespace_burst,
@@ -177,10 +178,25 @@ class Reconciler:
         self._ca_watch_stop = threading.Event()
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
         self.bundles = TrustBundles(self, settings.bundle_configmap, settings.bundle_namespaces)
+        # The pod-certificate signer's ClusterTrustBundle, when that signer serves (handlers.py sets it): a root
+        # rotation waits for it like for the ConfigMaps, and keeps the old root until its pod certificates expire.
+        self.cluster_bundle: ClusterTrustBundlePublisher | None = None
         self.authority = AuthorityStatus(self)
         self.rotator = RootRotator(self, rotation.Timing(
             rotate_before=settings.ca_rotate_before, propagation=settings.ca_propagation, grace=settings.ca_grace,
             stall=settings.ca_stall))
+
+    @property
+    def ca(self) -> ca_mod.CA | None:
+        return self.issuer.ca
+
+    @ca.setter
+    def ca(self, value: ca_mod.CA | None) -> None:
+        self.issuer.ca = value
+
+    @property
+    def policies(self) -> dict[str, policy.Rule]:
+        return self.issuer.policies
 
     # ---- inputs from the watches ----
 
@@ -225,7 +241,7 @@ class Reconciler:
         return key if ownership.proves(secret, identity, secret_name) else None
 
     def secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A change of a labelled Secret, as metadata only (kube.watch_metadata): the data of a Secret proven ours is
+        """A change of a labelled Secret, as metadata only (kube.watch_objects): the data of a Secret proven ours is
         fetched by name; any other Secret costs a glance at its metadata and is forgotten."""
         meta = body["metadata"]
         skey = (meta["namespace"], meta["name"])
@@ -319,7 +335,7 @@ class Reconciler:
             return (status.Ready.SERVICE_ACCOUNT_NOT_FOUND,
                     f"ServiceAccount {spec.namespace}/{spec.service_account} does not exist; the SPIFFE ID "
                     f"{spec.spiffe_id} would name no workload")
-        denial = policy.check(spec, self.policies.values(), self.settings.cluster_domain)
+        denial = self.issuer.check_names(spec.namespace, spec.dns_names, spec.ip_addresses)
         return (status.Ready.POLICY_DENIED, denial) if denial else None
 
     def trigger_all(self) -> None:
@@ -398,7 +414,7 @@ class Reconciler:
         thread.start()
 
     def start_secret_watch(self, loop: asyncio.AbstractEventLoop, path: str, version: str) -> None:
-        """The labelled Secrets under one path, metadata only (kube.watch_metadata), from the start-up list's version.
+        """The labelled Secrets under one path, metadata only (kube.watch_objects), from the start-up list's version.
         kopf's watch would hand every look-alike's whole body to this process (and hold it while its worker idles)."""
         namespace = path.split("/namespaces/", 1)[1].split("/", 1)[0] if "/namespaces/" in path else None
 
@@ -408,9 +424,9 @@ class Reconciler:
         def on_listed(bodies: list[dict[str, Any]]) -> None:
             loop.call_soon_threadsafe(self.secrets_listed, namespace, bodies)
 
-        thread = threading.Thread(target=self.kube.watch_metadata, name=f"secret-watch:{namespace or '*'}",
-                                  daemon=True, args=(path, tlssecret.MANAGED_SELECTOR, version, on_event, on_listed,
-                                                     self._ca_watch_stop))
+        thread = threading.Thread(target=self.kube.watch_objects, name=f"secret-watch:{namespace or '*'}",
+                                  daemon=True, args=(path, version, on_event, on_listed, self._ca_watch_stop),
+                                  kwargs={"label_selector": tlssecret.MANAGED_SELECTOR})
         thread.start()
 
     def stop(self) -> None:
@@ -465,6 +481,7 @@ class Reconciler:
             self.trigger_all()
             if self.settings.bundle_configmap:
                 self.bundles.ensure_all()
+            self.issuer.changed()
         self.trigger(ROTATION_KEY)
         self.spawn(self.authority.publish())
 
@@ -753,16 +770,12 @@ class Reconciler:
             spare = None
         kept_key = view.key if decision.reuse_key else spare
 
-        def sign() -> tuple[Any, Any]:
-            key_obj = kept_key or pki.generate_key(spec.key.algorithm, spec.key.size)
-            return pki.issue_leaf(request, key_obj.public_key(), ca.cert, ca.key, self.clock(),
-                                  self.settings.backdate), key_obj
+        def make_key() -> pki.PrivateKey:
+            return kept_key or pki.generate_key(spec.key.algorithm, spec.key.size)
 
         if decision.reason is plan.Reason.CA_CHANGED:
             await self._reissue_rate.acquire()
-        # Key generation (RSA-4096 takes a second) stays off the event loop, in a slot shared fairly by namespaces.
-        async with self._issuance.slot(spec.namespace):
-            cert, key_obj = await asyncio.to_thread(sign)
+        cert, key_obj, _ = await self.issuer.sign(spec.namespace, request, make_key, ca=ca)
         revision = view.revision + 1 if view.owned else 1
         renew_request = (body["metadata"].get("annotations") or {}).get(tlssecret.ANN_RENEW_REQUEST, "")
         annotations = tlssecret.record(spec, cert, ca.fingerprint, revision, renew_request,

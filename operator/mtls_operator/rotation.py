@@ -7,7 +7,8 @@ So, like SPIRE, the operator keeps old and new side by side:
   Propagating ──(a delay at least one kubelet sync, and every identity Secret carries the new bundle)──► Reissuing:
       the next root becomes the issuer; every leaf is reissued from it (bundles still hold both).
   Reissuing ──(every leaf issued by the new root)──► Retiring: a grace period for workloads to load the new leaves.
-  Retiring ──(grace over)──► Stable: bundles hold the new root only.
+  Retiring ──(grace over, and every pod certificate from the old root expired)──► Stable: bundles hold the new root
+      only.
 
 The phase lives in the CA Secret itself (annotations, and next.crt/next.key while the next root waits), so an operator
 killed in any phase resumes where it was. Only roots the operator created are rotated; a brought-in CA is the
@@ -81,6 +82,9 @@ class Progress:
     bundles_current_since: dt.datetime | None = None
     # The counts have not fallen for --ca-stall: the stragglers are not coming (denied, broken), move on without them.
     stalled: bool = False
+    # Retiring: pod certificates signed under the old root may be valid until then (their requests are long gone, so
+    # the signer records it: clustertrustbundle.py). The old root stays in every bundle until they have expired.
+    pod_certificates_until: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +122,7 @@ def describe_wait(phase: Phase, stale: list[str], old: list[str], configmaps: in
     if stale:
         parts.append(f"{len(stale)} Secrets without the new trust bundle ({_names(stale, shown)})")
     if configmaps:
-        parts.append(f"{configmaps} trust-bundle ConfigMaps not yet updated")
+        parts.append(f"{configmaps} trust bundles (ConfigMaps, the ClusterTrustBundle) not yet updated")
     if old and phase is Phase.REISSUING:
         parts.append(f"{len(old)} Secrets with a certificate from the old root ({_names(old, shown)})")
     when = moves_on_at.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -169,7 +173,7 @@ def next_step(state: State, root_not_after: dt.datetime, now: dt.datetime, timin
         if (progress.old_issuer == 0 and progress.stale_bundle == 0) or progress.stalled:
             return Step.RETIRE, None
         return None, now + dt.timedelta(seconds=1)
-    ready_at = since + timing.grace
+    ready_at = max(since + timing.grace, progress.pod_certificates_until or since)
     if now >= ready_at:
         return Step.FINISH, None
     return None, ready_at

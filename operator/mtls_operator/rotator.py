@@ -57,6 +57,30 @@ class RootRotator:
             current_since = changed_at if stalled else None
         return rotation.Progress(stale, old, bundles_current_since=current_since, stalled=stalled)
 
+    def _progress(self, authority: ca_mod.CA, state: rotation.State, now: dt.datetime) -> rotation.Progress:
+        if rotation.needs_progress(state):
+            return self.progress(authority, state.phase, now)
+        if state.phase is rotation.Phase.RETIRING:
+            return rotation.Progress(0, 0, pod_certificates_until=self._pod_certificates_until(authority, state, now))
+        return rotation.Progress(0, 0)
+
+    def _pod_certificates_until(self, authority: ca_mod.CA, state: rotation.State,
+                                now: dt.datetime) -> dt.datetime | None:
+        """When the last pod certificate signed by a CA other than the one in force expires (None: none signed), and
+        while the grace period is over but they are not, the MtlsAuthority says what Retiring waits for."""
+        bundle = self.r.cluster_bundle
+        until = bundle.signed_until(authority.fingerprint) if bundle is not None and bundle.active else None
+        grace_over = (state.since or now) + self.timing.grace
+        message = ""
+        if until is not None and now >= grace_over and now < until:
+            message = (f"root rotation phase Retiring waits for pod certificates signed under the old root to expire "
+                       f"(the last at {until.strftime('%Y-%m-%dT%H:%M:%SZ')}); the old root stays in every bundle "
+                       f"until then")
+        if message != self.waiting:
+            self.waiting = message
+            self.r.spawn(self.r.authority.publish())
+        return until
+
     def _count(self, authority: ca_mod.CA) -> tuple[list[str], list[str], int]:
         """(Secrets with an old bundle, Secrets with a leaf from another issuer, stale bundle ConfigMaps), named
         `namespace/name`. Only Secrets proven ours are in the cache (ownership.py), and the proof is checked again
@@ -76,6 +100,8 @@ class RootRotator:
             if (body.get("metadata", {}).get("annotations") or {}).get(tlssecret.ANN_ISSUER) != authority.fingerprint:
                 old.append(f"{key[0]}/{key[1]}")
         configmaps = self.r.bundles.stale() if self.r.settings.bundle_configmap else 0
+        if self.r.cluster_bundle is not None:
+            configmaps += self.r.cluster_bundle.stale()
         return stale, old, configmaps
 
     def _report_wait(self, phase: rotation.Phase, stale: list[str], old: list[str], configmaps: int,
@@ -167,8 +193,7 @@ class RootRotator:
         if (root_body["metadata"].get("annotations") or {}).get(rotation.ANN_MADE) != pki.fingerprint(root):
             return None  # the root was replaced by someone: theirs to rotate
         now = self.r.clock()
-        progress = (self.progress(authority, state.phase, now) if rotation.needs_progress(state)
-                    else rotation.Progress(0, 0))
+        progress = self._progress(authority, state, now)
         step, wake = rotation.next_step(state, root.not_valid_after_utc, now, self._timing_for(root), progress)
         if wake is not None:
             self._schedule(wake)
@@ -249,8 +274,7 @@ class RootRotator:
         state = rotation.parse_state(meta.get("annotations") or {})
         metrics.ca_rotation_phase.set(PHASE_NUMBER[state.phase])
         now = self.r.clock()
-        progress = (self.progress(authority, state.phase, now) if rotation.needs_progress(state)
-                    else rotation.Progress(0, 0))
+        progress = self._progress(authority, state, now)
         step, wake = rotation.next_step(state, authority.not_after, now, self._timing_for(authority.cert), progress)
         if wake is not None:
             self._schedule(wake)

@@ -1,0 +1,67 @@
+"""The one signing core behind both fronts — the MtlsIdentity reconciler (a key made here, written into a Secret) and
+the PodCertificateRequest signer (a key made on the node, only its public half sent): the CA in force, the policy
+grants, and the signing slots shared fairly by namespace. Neither front has a copy of any of them, so a root rotation,
+a policy change or a namespace's burst reaches both the same way (the pattern of Kubernetes' certificate controllers:
+several signers over one signing core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+
+from cryptography import x509
+
+from . import ca as ca_mod
+from . import pki, policy
+from .config import Settings
+from .fairness import FairSlots
+
+
+class NoCA(RuntimeError):
+    """No usable CA is loaded (not yet, or broken): nothing can be signed until one is."""
+
+
+class Issuer:
+    def __init__(self, settings: Settings, clock: Callable[[], dt.datetime]) -> None:
+        self.settings, self.clock = settings, clock
+        self.ca: ca_mod.CA | None = None  # set by the reconciler, which owns the CA Secret's watch and rotation
+        self.policies: dict[str, policy.Rule] = {}  # MtlsIdentityPolicy name -> its grants
+        # Key generation (RSA-4096 takes a second) and signing stay off the event loop, in slots shared round-robin by
+        # namespace: one namespace's burst cannot starve another's issuance (fairness.py).
+        self.slots = FairSlots(settings.max_concurrent_issuance)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Called (on the event loop) whenever the CA in force or its trust bundle changes, or a CA appears."""
+        self._listeners.append(listener)
+
+    def changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def check_names(self, namespace: str, dns_names: tuple[str, ...] | list[str],
+                    ip_addresses: tuple[str, ...] | list[str] = ()) -> str | None:
+        return policy.check_names(namespace, dns_names, ip_addresses, self.policies.values(),
+                                  self.settings.cluster_domain)
+
+    async def sign(self, namespace: str, leaf: pki.LeafRequest,
+                   key: Callable[[], pki.PrivateKey] | pki.PublicKey, *, ca: ca_mod.CA | None = None,
+                   backdate: dt.timedelta | None = None,
+                   now: dt.datetime | None = None) -> tuple[x509.Certificate, pki.PrivateKey | None, ca_mod.CA]:
+        """Signs `leaf` for `key`: a public key (the pod's), or a function making the private key (in the slot, off
+        the event loop). Returns the certificate, the private key when it was made here, and the CA that signed."""
+        authority = ca or self.ca
+        if authority is None:
+            raise NoCA("no usable CA is loaded")
+        back = self.settings.backdate if backdate is None else backdate
+
+        def work() -> tuple[x509.Certificate, pki.PrivateKey | None]:
+            private = key() if callable(key) else None
+            public = private.public_key() if private is not None else key
+            return pki.issue_leaf(leaf, public, authority.cert, authority.key, now or self.clock(), back), private
+
+        async with self.slots.slot(namespace):
+            cert, private = await asyncio.to_thread(work)
+        return cert, private, authority
