@@ -111,8 +111,25 @@ def test_rbac_is_least_privilege(helm: Path) -> None:
         ("", "events", "create"),
         ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "update"),
         ("coordination.k8s.io", "leases", "create"),
+        # Pod certificates: watch and answer our signer's requests; its ClusterTrustBundle; opted-in namespaces.
+        ("certificates.k8s.io", "podcertificaterequests", "get"),
+        ("certificates.k8s.io", "podcertificaterequests", "list"),
+        ("certificates.k8s.io", "podcertificaterequests", "watch"),
+        ("certificates.k8s.io", "podcertificaterequests/status", "patch"),
+        ("certificates.k8s.io", "signers", "sign"), ("certificates.k8s.io", "signers", "attest"),
+        ("certificates.k8s.io", "clustertrustbundles", "list"), ("certificates.k8s.io", "clustertrustbundles", "watch"),
+        ("certificates.k8s.io", "clustertrustbundles", "create"), ("certificates.k8s.io", "clustertrustbundles", "get"),
+        ("certificates.k8s.io", "clustertrustbundles", "update"),
+        ("", "namespaces", "list"), ("", "namespaces", "watch"),
     }
     assert granted == expected
+    # Signing and attesting for our signer only; the bundle rewritten by name only.
+    signers = [r for r in _rules(docs, "ClusterRole") if r["resources"] == ["signers"]]
+    assert signers and all(r.get("resourceNames") == ["mtls-operator.io/spiffe"] for r in signers)
+    bundle_writes = [r for r in _rules(docs, "ClusterRole") if r["resources"] == ["clustertrustbundles"]
+                     and "update" in r["verbs"]]
+    assert bundle_writes and all(r.get("resourceNames") == ["mtls-operator.io:spiffe:trust-anchors"]
+                                 for r in bundle_writes)
     # The lease can be read and renewed by name only.
     lease_rules = [r for r in _rules(docs, "Role") if r["resources"] == ["leases"] and "update" in r["verbs"]]
     assert lease_rules and all(r.get("resourceNames") == ["mtls-operator"] for r in lease_rules)

@@ -54,4 +54,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.podCertificates.enabled }}
+# Pod certificates: watch the PodCertificateRequests (the signer's own are picked by a field selector) and answer them
+# on the status subresource (which the API server lets through only with `sign` on the signer, below).
+- apiGroups: ["certificates.k8s.io"]
+  resources: ["podcertificaterequests"]
+  verbs: ["get", "list", "watch"]
+# ... and answer them: one status write each (issued, or denied with a reason).
+- apiGroups: ["certificates.k8s.io"]
+  resources: ["podcertificaterequests/status"]
+  verbs: ["patch"]
+{{- end }}
 {{- end -}}
