@@ -9,30 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from . import pki, rotation, status
-from .kube import ApiError, Conflict, NotFound
+from .ca import CA
+from .config import Settings
+from .kube import ApiError, Conflict, Kube, NotFound
 from .spec import GROUP, VERSION
 from .tlssecret import MANAGED_BY, MANAGED_BY_VALUE
-
-if TYPE_CHECKING:
-    from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
 
+class CAState(Protocol):
+    """What this status is made from: the CA in force (or why there is none) and the CA Secret it came from."""
+
+    ca: CA | None
+    ca_error: str
+    ca_loss: Any
+    ca_secret: dict[str, Any] | None
+
+
 class AuthorityStatus:
-    def __init__(self, reconciler: Reconciler) -> None:
-        self.r = reconciler
-        s = reconciler.settings
-        self.name = f"{s.ca_namespace}.{s.ca_secret_name}"
+    def __init__(self, kube: Kube, settings: Settings, clock: Callable[[], dt.datetime], state: CAState,
+                 waiting: Callable[[], tuple[str, str]]) -> None:
+        """`waiting`: what a rotation phase waits for, as (reason, message); message "" when it waits for nothing."""
+        self.kube, self.settings, self.clock, self.state, self._waiting = kube, settings, clock, state, waiting
+        self.name = f"{settings.ca_namespace}.{settings.ca_secret_name}"
         self._written: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
 
     def desired(self) -> dict[str, Any]:
-        r, now = self.r, self.r.clock()
+        r, now = self.state, self.clock()
         previous = {c["type"]: c for c in (self._written or {}).get("conditions", [])}
 
         def condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -52,6 +63,7 @@ class AuthorityStatus:
                                  condition("Rotating", False, "Stable", "")]
             return out
         anchors = pki.load_chain(r.ca.bundle_pem)
+        reason, waiting = self._waiting()
         out.update({
             "issuer": r.ca.cert.subject.rfc4514_string(),
             "issuerFingerprint": r.ca.fingerprint,
@@ -64,9 +76,8 @@ class AuthorityStatus:
                 condition("Rotating", phase.phase is not rotation.Phase.STABLE, phase.phase.value or "Stable",
                           f"root rotation phase {phase.phase.value}" if phase.phase.value else "no rotation under way"),
                 # What a phase waits for, by name: an on-call engineer sees who holds the rotation, and until when.
-                condition("RotationWaiting", bool(r.rotator.waiting),
-                          "WaitingForSecrets" if r.rotator.waiting else "NotWaiting",
-                          r.rotator.waiting or "the rotation waits for nothing"),
+                condition("RotationWaiting", bool(waiting), reason if waiting else "NotWaiting",
+                          waiting or "the rotation waits for nothing"),
             ],
         })
         return out
@@ -78,15 +89,15 @@ class AuthorityStatus:
                 return
             try:
                 try:
-                    await self.r.kube.patch_authority_status(self.name, desired)
+                    await self.kube.patch_authority_status(self.name, desired)
                 except NotFound:
-                    s = self.r.settings
+                    s = self.settings
                     with contextlib.suppress(Conflict):  # another replica made it first
-                        await self.r.kube.create_authority({
+                        await self.kube.create_authority({
                             "apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsAuthority",
                             "metadata": {"name": self.name, "labels": {MANAGED_BY: MANAGED_BY_VALUE}},
                             "spec": {"secretNamespace": s.ca_namespace, "secretName": s.ca_secret_name}})
-                    await self.r.kube.patch_authority_status(self.name, desired)
+                    await self.kube.patch_authority_status(self.name, desired)
             except ApiError as e:
                 log.warning("could not publish MtlsAuthority %s: %s", self.name, e)
                 return

@@ -7,22 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 from . import tlssecret
-from .kube import ApiError, Conflict
-
-if TYPE_CHECKING:
-    from .reconciler import Reconciler
+from .kube import ApiError, Conflict, Kube
 
 log = logging.getLogger(__name__)
 KEY = "ca.crt"
 
 
 class TrustBundles:
-    def __init__(self, reconciler: Reconciler, name: str, extra_namespaces: Iterable[str]) -> None:
-        self.r = reconciler
+    """What it needs, and no more: the API, the CA bundle in force, the namespaces holding identities, and a way to run
+    background work that shutdown cancels."""
+
+    def __init__(self, kube: Kube, name: str, extra_namespaces: Iterable[str], bundle: Callable[[], bytes | None],
+                 identity_namespaces: Callable[[], Iterable[str]],
+                 spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+        self.kube, self._bundle_pem, self._identity_namespaces, self._spawn = kube, bundle, identity_namespaces, spawn
         self.name = name
         self.extra = frozenset(extra_namespaces)
         self.maps: dict[str, dict[str, Any]] = {}  # namespace -> our ConfigMap as last seen
@@ -38,10 +40,10 @@ class TrustBundles:
         else:
             self.maps[meta["namespace"]] = body
             self.foreign.discard(meta["namespace"])
-        self.r.spawn(self.ensure(meta["namespace"]))
+        self._spawn(self.ensure(meta["namespace"]))
 
     def namespaces(self) -> set[str]:
-        return {key[0] for key in self.r.identities} | set(self.extra)
+        return set(self._identity_namespaces()) | set(self.extra)
 
     def stale(self) -> int:
         """How many namespaces do not show the current bundle yet (a root rotation waits for them)."""
@@ -50,11 +52,12 @@ class TrustBundles:
                    if (self.maps.get(ns, {}).get("data") or {}).get(KEY) != bundle)
 
     def _bundle(self) -> str | None:
-        return self.r.ca.bundle_pem.decode() if self.r.ca else None
+        pem = self._bundle_pem()
+        return pem.decode() if pem is not None else None
 
     def ensure_all(self) -> None:
         for namespace in self.namespaces():
-            self.r.spawn(self.ensure(namespace))
+            self._spawn(self.ensure(namespace))
 
     async def ensure(self, namespace: str) -> None:
         bundle = self._bundle()
@@ -73,10 +76,10 @@ class TrustBundles:
             }
             try:
                 if current is None:
-                    written = await self.r.kube.create_configmap(body)
+                    written = await self.kube.create_configmap(body)
                 else:
                     body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-                    written = await self.r.kube.replace_configmap(body)
+                    written = await self.kube.replace_configmap(body)
             except Conflict:
                 if current is None:  # exists without our label: someone else's, left alone (and not waited for)
                     self.foreign.add(namespace)

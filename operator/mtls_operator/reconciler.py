@@ -177,11 +177,15 @@ class Reconciler:
         self._reissue_rate = RateLimiter(settings.reissue_rate)
         self._ca_watch_stop = threading.Event()
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
-        self.bundles = TrustBundles(self, settings.bundle_configmap, settings.bundle_namespaces)
+        self.bundles = TrustBundles(kube, settings.bundle_configmap, settings.bundle_namespaces,
+                                    bundle=lambda: self.ca.bundle_pem if self.ca else None,
+                                    identity_namespaces=lambda: {key[0] for key in self.identities},
+                                    spawn=self.spawn)
         # The pod-certificate signer's ClusterTrustBundle, when that signer serves (handlers.py sets it): a root
         # rotation waits for it like for the ConfigMaps, and keeps the old root until its pod certificates expire.
         self.cluster_bundle: ClusterTrustBundlePublisher | None = None
-        self.authority = AuthorityStatus(self)
+        self.authority = AuthorityStatus(kube, settings, clock, self,
+                                         waiting=lambda: (self.rotator.waiting_reason, self.rotator.waiting))
         self.rotator = RootRotator(self, rotation.Timing(
             rotate_before=settings.ca_rotate_before, propagation=settings.ca_propagation, grace=settings.ca_grace,
             stall=settings.ca_stall))
@@ -315,7 +319,7 @@ class Reconciler:
             except policy.InvalidPolicy as e:
                 # Ignored, so it grants nothing: denying is the safe side of a broken policy.
                 log.error("%s; it is ignored", e)
-                self._event(body, "MtlsIdentityPolicy", "Warning", "InvalidPolicy", f"{e}; it is ignored")
+                self.post_event(body, "MtlsIdentityPolicy", "Warning", "InvalidPolicy", f"{e}; it is ignored")
         new = self.policies.get(name)
         if old != new:
             touched = (old.namespaces if old else frozenset()) | (new.namespaces if new else frozenset())
@@ -454,9 +458,9 @@ class Reconciler:
             if message != self.ca_error or startup:
                 log.error(message)
                 if body is not None:
-                    self._event(body, "Secret", "Warning", "CAInvalid", message)
+                    self.post_event(body, "Secret", "Warning", "CAInvalid", message)
                 elif loss.in_use:
-                    self._event(self._authority_ref(), "MtlsAuthority", "Warning", "CALost", message)
+                    self.post_event(self._authority_ref(), "MtlsAuthority", "Warning", "CALost", message)
             self.ca_loss = loss if loss.in_use else None
             metrics.ca_lost.set(1 if loss.in_use else 0)
             self.ca, self.ca_error = None, message
@@ -519,7 +523,7 @@ class Reconciler:
                 log.warning("a new root was approved (%s=%s): minting it, %d old trust anchor(s) kept in the bundles",
                             caloss.ANN_APPROVE, annotations.get(caloss.ANN_APPROVE), len(self.ca_loss.anchors))
                 body = await self._create_if_absent(s.ca_secret_name, "root", lambda: data, extra)
-                self._event(self._authority_ref(), "MtlsAuthority", "Normal", "NewRootApproved",
+                self.post_event(self._authority_ref(), "MtlsAuthority", "Normal", "NewRootApproved",
                             f"a new root replaces the lost one; {len(self.ca_loss.anchors)} old trust anchor(s) stay "
                             "in every bundle until the rotation phases finish")
         except ApiError as e:
@@ -717,7 +721,7 @@ class Reconciler:
         if key not in self._deferred:
             self._deferred.add(key)
             metrics.renew_deferred.labels(which).inc()
-            self._event(body, KIND, "Warning", "RenewalDeferred",
+            self.post_event(body, KIND, "Warning", "RenewalDeferred",
                         f"renewal request {renew_request!r} exceeds the per-{which} rate limit; it will be served at "
                         f"{status.timestamp(until)} (the current certificate stays in place)")
         return plan.decide(spec, view, ca, now, ""), (until, which)
@@ -749,14 +753,14 @@ class Reconciler:
                         continue
                 await self.kube.annotate_pod_template(spec.namespace, kind, name, {
                     tlssecret.ANN_ROLLED_SERIAL: serial, tlssecret.ANN_ROLLED_AT: status.timestamp(now)})
-                self._event(body, KIND, "Normal", "WorkloadRolled",
+                self.post_event(body, KIND, "Normal", "WorkloadRolled",
                             f"rolled {kind} {name} to pick up certificate {serial}")
             except ApiError as e:
                 log.warning("could not roll %s %s/%s: %s", kind, spec.namespace, name, e)
                 key = (spec.namespace, spec.name, kind, name)
                 if self._roll_warned.get(key) != serial:  # once per certificate, not at every look
                     self._roll_warned[key] = serial
-                    self._event(body, KIND, "Warning", "WorkloadRollFailed", f"could not roll {kind} {name}: {e}")
+                    self.post_event(body, KIND, "Warning", "WorkloadRollFailed", f"could not roll {kind} {name}: {e}")
         return retry
 
     async def _issue(self, body: dict[str, Any], spec: IdentitySpec, view: tlssecret.SecretView,
@@ -790,8 +794,9 @@ class Reconciler:
         metrics.issuance.labels(decision.reason.value).inc()
         log.info("%s %s/%s: serial %s, valid until %s (%s)", reason.lower(), spec.namespace, spec.name,
                  pki.serial_hex(cert), cert.not_valid_after_utc.isoformat(), decision.reason.value)
-        self._event(body, KIND, "Normal", reason, f"{reason} certificate {pki.serial_hex(cert)} for {spec.spiffe_id} "
-                    f"into Secret {spec.secret_name} ({decision.reason.value}: {decision.message})")
+        self.post_event(body, KIND, "Normal", reason,
+                        f"{reason} certificate {pki.serial_hex(cert)} for {spec.spiffe_id} into Secret "
+                        f"{spec.secret_name} ({decision.reason.value}: {decision.message})")
         renewal = plan.renewal_time(cert.not_valid_after_utc, spec, cert.serial_number)
         if cert.not_valid_after_utc >= ca.not_after - dt.timedelta(seconds=1) and renewal <= self.clock():
             # Cut short by the CA: reissuing from it cannot help; a new CA triggers the next issuance, and failing
@@ -846,13 +851,13 @@ class Reconciler:
                 self._unwritable[key] = generation
                 metrics.failures.labels(reason).inc()
                 log.error("%s/%s: %s; its status cannot be written (%s)", *key, message, e.message)
-                self._event(body, KIND, "Warning", reason,
+                self.post_event(body, KIND, "Warning", reason,
                             f"{message} (status cannot be written: the object fails the current schema; fix its spec "
                             f"or recreate it)")
             return
         if changed:
             metrics.failures.labels(reason).inc()
-            self._event(body, KIND, "Warning", reason, message)
+            self.post_event(body, KIND, "Warning", reason, message)
 
     def spawn(self, coroutine) -> None:
         """Runs background work tracked with the reconciles (so shutdown cancels it too)."""
@@ -860,7 +865,7 @@ class Reconciler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
+    def post_event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
         """Posts an Event in the background: it must neither delay the status a user waits for, nor fail a reconcile."""
         self.spawn(self.kube.post_event(involved, kind, event_type, reason, message))
 

@@ -9,16 +9,47 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Hashable, Iterable, Mapping
+from typing import Any, Protocol
 
 from . import ca as ca_mod
 from . import caloss, metrics, pki, rotation, status, tlssecret
-from .kube import Conflict
+from .authority import AuthorityStatus
+from .bundles import TrustBundles
+from .clustertrustbundle import ClusterTrustBundlePublisher
+from .config import Settings
+from .kube import Conflict, Kube
+from .scheduler import Scheduler
 from .tlssecret import b64
 
-if TYPE_CHECKING:
-    from .reconciler import Reconciler
+
+class SecretsView(Protocol):
+    def __iter__(self) -> Iterable[Hashable]: ...
+    def get(self, key: Hashable) -> dict[str, Any] | None: ...
+
+
+class RotationHost(Protocol):
+    """All the rotation uses of the operator around it (the Reconciler provides it): the CA Secret as loaded and a way
+    to load a new one, the issued Secrets proven ours and whether their identities can be served, the trust bundles
+    it waits for, the status it reports on, and the scheduler, Events and background tasks."""
+
+    settings: Settings
+    kube: Kube
+    ca: ca_mod.CA | None
+    ca_secret: dict[str, Any] | None
+    secrets: SecretsView
+    bundles: TrustBundles
+    cluster_bundle: ClusterTrustBundlePublisher | None
+    authority: AuthorityStatus
+    scheduler: Scheduler
+
+    def clock(self) -> dt.datetime: ...
+    async def ca_changed(self, body: Mapping[str, Any] | None, startup: bool = False) -> None: ...
+    def proven_owner(self, secret: Mapping[str, Any]) -> Hashable | None: ...
+    def servable(self, key: Hashable) -> bool: ...
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None: ...
+    def post_event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
+        ...
 
 log = logging.getLogger(__name__)
 KEY = ("", "ca-rotation")  # the scheduler key of the rotation's own timer
@@ -28,13 +59,14 @@ PHASE_NUMBER = {rotation.Phase.STABLE: 0, rotation.Phase.PROPAGATING: 1, rotatio
 
 
 class RootRotator:
-    def __init__(self, reconciler: Reconciler, timing: rotation.Timing) -> None:
-        self.r = reconciler
+    def __init__(self, host: RotationHost, timing: rotation.Timing) -> None:
+        self.r = host
         self.timing = timing
         self._lock = asyncio.Lock()
         self._wait: rotation.Wait | None = None
         self._warned: rotation.Wait | None = None  # the wait a Warning Event was raised for (once per stall)
         self.waiting = ""  # what the current phase waits for (the MtlsAuthority condition), or "" when it does not
+        self.waiting_reason = "WaitingForSecrets"
         self._waiting_published = 0.0
         self._current: tuple[Any, dt.datetime] | None = None  # (phase, since every bundle is current)
         self._wake: dt.datetime | None = None
@@ -78,6 +110,7 @@ class RootRotator:
                        f"until then")
         if message != self.waiting:
             self.waiting = message
+            self.waiting_reason = "WaitingForPodCertificates" if message else "WaitingForSecrets"
             self.r.spawn(self.r.authority.publish())
         return until
 
@@ -133,7 +166,7 @@ class RootRotator:
             self.r.spawn(self.r.authority.publish())
             log.warning("CA %s", message)
             if self.r.ca_secret is not None:
-                self.r._event(self.r.ca_secret, "Secret", "Warning", "RotationWaiting", message)
+                self.r.post_event(self.r.ca_secret, "Secret", "Warning", "RotationWaiting", message)
 
     def _schedule(self, when: dt.datetime) -> None:
         """The next look: the earliest that any part of one check asked for."""
@@ -228,7 +261,7 @@ class RootRotator:
             self._schedule(now + dt.timedelta(seconds=1))
             return None
         log.info("CA root rotation (behind the intermediate): %s", step.value)
-        self.r._event(written, "Secret", "Normal", f"RootRotation{step.value.capitalize()}",
+        self.r.post_event(written, "Secret", "Normal", f"RootRotation{step.value.capitalize()}",
                       f"root rotation behind the intermediate: {step.value}")
         return written
 
@@ -264,7 +297,7 @@ class RootRotator:
             self._schedule(now + dt.timedelta(seconds=1))
             return None
         log.info("CA intermediate renewed from the same root; leaves move over")
-        self.r._event(written, "Secret", "Normal", "IntermediateRenewed",
+        self.r.post_event(written, "Secret", "Normal", "IntermediateRenewed",
                       "a new intermediate from the same root; leaves are being reissued")
         return written
 
@@ -296,7 +329,7 @@ class RootRotator:
             message += (f" (moved on after {self.timing.stall}: {progress.stale_bundle} Secrets with an old bundle,"
                         f" {progress.old_issuer} with a certificate from the old root)")
         log.info("CA %s", message)
-        self.r._event(written, "Secret", "Normal", f"Rotation{step.value.capitalize()}", message)
+        self.r.post_event(written, "Secret", "Normal", f"Rotation{step.value.capitalize()}", message)
         return written
 
     def _apply(self, step: rotation.Step, body: Mapping[str, Any], state: rotation.State, now: dt.datetime, *,
