@@ -44,6 +44,15 @@ class CA:
     def chain_pem(self) -> bytes:
         return pki.to_pem(*self.chain)
 
+    def anchor_fingerprint(self) -> str:
+        """The trust anchor (root in the bundle) that the issuer's certificates chain to: the issuer itself when it is
+        a root. A root rotation retires anchors, so what was signed is recorded against the anchor."""
+        top = (self.chain or (self.cert,))[-1]
+        if _is_self_signed(top):
+            return pki.fingerprint(top)
+        anchors = pki.load_chain(self.bundle_pem)
+        return next((pki.fingerprint(a) for a in anchors if pki.issued_by(top, a)), pki.fingerprint(top))
+
 
 def _is_self_signed(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject and pki.issued_by(cert, cert)

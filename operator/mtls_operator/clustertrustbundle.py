@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from . import pki, tlssecret
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 SUFFIX = "trust-anchors"
 # Pod certificates leave no trace once the API's cleaner deletes their requests (15 minutes), yet a root rotation must
 # not drop the old root while one signed under it is still valid. So, before a pod certificate is handed out, the
-# bundle records how long certificates signed by that CA may live: one annotation per issuing CA (fingerprint prefix),
+# bundle records how long certificates under that root may live: one annotation per trust anchor (fingerprint prefix),
 # rounded up by a quarter of the certificate's lifetime so that a steady stream of signings costs a handful of writes
 # a day, not one each.
 SIGNED_UNTIL = f"{GROUP}/signed-until-"
@@ -112,10 +112,10 @@ class ClusterTrustBundlePublisher:
             return 0
         return 0 if (self.current or {}).get("spec", {}).get("trustBundle") == anchors(bundle) else 1
 
-    def signed_until(self, other_than: str) -> dt.datetime | None:
-        """Until when pod certificates signed by any CA but `other_than` (the one in force) may be valid."""
-        marks = [until for fp, until in signed_until(self.current).items() if fp != other_than[:len(fp)]]
-        return max(marks, default=None)
+    def signed_until(self, anchors: Iterable[str]) -> dt.datetime | None:
+        """Until when pod certificates chaining to any of these trust anchors (fingerprints) may be valid."""
+        wanted = [fp[:16] for fp in anchors]
+        return max((until for fp, until in signed_until(self.current).items() if fp in wanted), default=None)
 
     async def ensure(self) -> None:
         try:
@@ -125,13 +125,13 @@ class ClusterTrustBundlePublisher:
         except ApiError as e:
             log.warning("could not write ClusterTrustBundle %s: %s", self.name, e)
 
-    async def record_signed(self, issuer_fingerprint: str, not_after: dt.datetime, lifetime: dt.timedelta,
+    async def record_signed(self, anchor_fingerprint: str, not_after: dt.datetime, lifetime: dt.timedelta,
                             now: dt.datetime) -> None:
-        """Before a pod certificate is handed out: the bundle must say how long the issuer's certificates live.
-        Raises when that cannot be written (the certificate is then not handed out)."""
+        """Before a pod certificate is handed out: the bundle must say how long certificates chaining to its trust
+        anchor live. Raises when that cannot be written (the certificate is then not handed out)."""
         for _ in range(3):
             try:
-                await self._write((issuer_fingerprint[:16], not_after, lifetime, now))
+                await self._write((anchor_fingerprint[:16], not_after, lifetime, now))
                 return
             except Conflict:
                 self.current = await self.kube.get_cluster_trust_bundle(self.name)

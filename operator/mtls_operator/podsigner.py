@@ -170,7 +170,8 @@ class PodSigner:
             log.warning("PodCertificateRequest %s/%s waits: %s", request.namespace, request.name, problem)
             return
         if self.trust_bundle.active:  # recorded before it leaves: a root rotation waits for it to expire
-            await self.trust_bundle.record_signed(ca.fingerprint, cert.not_valid_after_utc, decision.lifetime, now)
+            await self.trust_bundle.record_signed(ca.anchor_fingerprint(), cert.not_valid_after_utc,
+                                                  decision.lifetime, now)
         written = await self._write(request, podcert.issued_status(cert, ca.chain_pem(), request.uid, now))
         if written:
             metrics.pod_certificates.labels("issued", "").inc()

@@ -98,13 +98,15 @@ class RootRotator:
 
     def _pod_certificates_until(self, authority: ca_mod.CA, state: rotation.State,
                                 now: dt.datetime) -> dt.datetime | None:
-        """When the last pod certificate signed by a CA other than the one in force expires (None: none signed), and
-        while the grace period is over but they are not, the MtlsAuthority says what Retiring waits for."""
+        """When the last pod certificate under a root being retired (in the bundle, not the current anchor) expires
+        (None: none was signed). When they outlast the grace period, the MtlsAuthority says so from the start."""
         bundle = self.r.cluster_bundle
-        until = bundle.signed_until(authority.fingerprint) if bundle is not None and bundle.active else None
+        current = authority.anchor_fingerprint()
+        retiring = [fp for fp in map(pki.fingerprint, pki.load_chain(authority.bundle_pem)) if fp != current]
+        until = bundle.signed_until(retiring) if bundle is not None and bundle.active else None
         grace_over = (state.since or now) + self.timing.grace
         message = ""
-        if until is not None and now >= grace_over and now < until:
+        if until is not None and until > max(now, grace_over):
             message = (f"root rotation phase Retiring waits for pod certificates signed under the old root to expire "
                        f"(the last at {until.strftime('%Y-%m-%dT%H:%M:%SZ')}); the old root stays in every bundle "
                        f"until then")

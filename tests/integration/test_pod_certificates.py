@@ -18,9 +18,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import cluster
-from mtls_operator import clustertrustbundle, pki, podcert
+from mtls_operator import clustertrustbundle, pki, podcert, rotation
 from tests.integration.conftest import IN_CLUSTER
-from tests.kit import OPERATOR_NAMESPACE, Api, Kubectl, OperatorProcess, secret_files, unique, wait_for
+from tests.kit import (
+    OPERATOR_NAMESPACE,
+    Api,
+    Kubectl,
+    OperatorProcess,
+    secret_files,
+    swapped_operator,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(int(cluster.kube_minor().split(".")[1]) < 37,
                                 reason="PodCertificateRequest v1 is served from Kubernetes 1.37")
@@ -171,3 +180,48 @@ def test_pods_cannot_create_requests_themselves(api: Api, kubectl: Kubectl) -> N
     answer = kubectl("auth", "can-i", "create", "podcertificaterequests", "-n", ns,
                      f"--as=system:serviceaccount:{ns}:web", check=False).stdout.strip()
     assert answer == "no"
+
+
+def _waiting(api: Api, authority: str) -> dict:
+    try:
+        body = api.custom.get_cluster_custom_object("mtls-operator.io", "v1alpha1", "mtlsauthorities", authority)
+    except kubernetes.client.exceptions.ApiException:
+        return {}
+    return next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == "RotationWaiting"), {})
+
+
+@pytest.mark.local_operator
+@pytest.mark.timeout(240)
+def test_a_root_rotation_keeps_the_old_root_until_its_pod_certificates_expire(api: Api,
+                                                                            operator: OperatorProcess) -> None:
+    """Their requests are gone after 15 minutes, so only the signer's record on the ClusterTrustBundle can tell the
+    rotation how long the old root is still needed."""
+    ca = "podcert-rotation-ca"
+    with swapped_operator(operator, "--ca-secret-name", ca, "--ca-propagation", "2s", "--ca-grace", "2s",
+                          "--ca-stall", "60s", "--lease-name", f"lease-{ca}"):
+        ns = _namespace(api, enabled=True)
+        before, _ = _request(api, ns)
+        old_leaf = pki.load_chain(_answered(api, ns, before["metadata"]["name"])["status"]["certificateChain"]
+                                  .encode())[0]
+        old_root = pki.load_chain(secret_files(api.secret(OPERATOR_NAMESPACE, ca))["tls.crt"])[0]
+        assert pki.issued_by(old_leaf, old_root)
+        api.core.patch_namespaced_secret(ca, OPERATOR_NAMESPACE, {"metadata": {"annotations": {
+            rotation.ANN_REQUEST: dt.datetime.now(dt.UTC).isoformat()}}})
+        held = wait_for("Retiring to wait for the pod certificate", lambda: (
+            c := _waiting(api, f"{OPERATOR_NAMESPACE}.{ca}")) and c["reason"] == "WaitingForPodCertificates" and c,
+            timeout=120, interval=0.2)
+        # The record is rounded up (by a quarter of the lifetime): never before the certificate's own expiry.
+        until = dt.datetime.fromisoformat(held["message"].split("the last at ")[1].split(")")[0].replace("Z", "+00:00"))
+        expiry = old_leaf.not_valid_after_utc
+        assert expiry <= until <= expiry + (expiry - old_leaf.not_valid_before_utc) / 4
+        secret = api.secret(OPERATOR_NAMESPACE, ca)
+        assert (secret.metadata.annotations or {}).get(rotation.ANN_PHASE) == rotation.Phase.RETIRING.value
+        bundle = pki.load_chain(secret_files(secret)["ca.crt"])
+        assert pki.fingerprint(old_root) in {pki.fingerprint(c) for c in bundle} and len(bundle) == 2
+        # Meanwhile new pod certificates come from the new root, and the ClusterTrustBundle trusts both.
+        after, _ = _request(api, ns)
+        new_leaf = pki.load_chain(_answered(api, ns, after["metadata"]["name"])["status"]["certificateChain"]
+                                  .encode())[0]
+        assert not pki.issued_by(new_leaf, old_root)
+        published = {pki.fingerprint(c) for c in pki.load_chain(_bundle(api)["spec"]["trustBundle"].encode())}
+        assert published == {pki.fingerprint(c) for c in bundle}

@@ -177,3 +177,12 @@ def test_retiring_keeps_the_old_root_until_its_pod_certificates_expire() -> None
     assert held == (None, until)
     done = rotation.next_step(state, far, until, timing, rotation.Progress(0, 0, pod_certificates_until=until))
     assert done[0] is rotation.Step.FINISH
+
+
+def test_signings_are_recorded_against_the_root_even_under_an_intermediate(root: ca_mod.CA) -> None:
+    root_data = ca_mod.new_root(Settings(), NOW - dt.timedelta(days=1))
+    top = ca_mod.load(root_data, NOW)
+    assert top.anchor_fingerprint() == top.fingerprint
+    below = ca_mod.load(ca_mod.new_intermediate(root_data, Settings(), NOW), NOW)
+    assert below.fingerprint != top.fingerprint
+    assert below.anchor_fingerprint() == top.fingerprint
