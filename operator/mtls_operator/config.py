@@ -90,6 +90,8 @@ class Settings:
         if self.pod_signer and (self.pod_signer.count("/") != 1 or self.pod_signer.startswith("kubernetes.io/")
                                 or not all(self.pod_signer.split("/"))):
             raise ValueError(f"pod-signer {self.pod_signer!r} must be <domain>/<name>, outside kubernetes.io")
+        if "(" in self.pod_cert_namespace_selector:
+            raise ValueError("pod-cert-namespace-selector takes equality terms only (key=value, key!=value, key, !key)")
         if self.pod_cert_max_lifetime < dt.timedelta(hours=1):
             raise ValueError("pod-cert-max-lifetime must be at least 1h (the API's minimum for a pod certificate)")
 

@@ -65,7 +65,10 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         if memo.settings.pod_signer:
             # The second front on the same issuer: PodCertificateRequests for our signer, and its ClusterTrustBundle.
             memo.pod_signer = PodSigner(memo.settings, kube, reconciler.issuer, reconciler.spawn)
-            await memo.pod_signer.start(loop)
+            try:
+                await memo.pod_signer.start(loop)
+            except Exception:  # the Secret-based identities must not depend on the second front
+                log.exception("the pod-certificate signer could not start; it stays idle")
             if memo.pod_signer.trust_bundle.active:
                 reconciler.cluster_bundle = memo.pod_signer.trust_bundle
         memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")

@@ -210,6 +210,12 @@ class Kube:
         except NotFound:
             return None
 
+    async def get_namespace(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", f"/api/v1/namespaces/{quote(name)}")
+        except NotFound:
+            return None
+
     # ---- ConfigMaps (trust bundles) ----
 
     async def create_configmap(self, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,25 @@ from .kube import CERTIFICATES, ApiError, Conflict, Fenced, Kube, NotFound
 log = logging.getLogger(__name__)
 
 
+def labels_match(selector: str, labels: dict[str, str]) -> bool:
+    """An equality-based label selector (`a=b,c==d,e!=f,g`, the form the namespace selector takes) against labels."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = (p.strip() for p in term.split("!=", 1))
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = (p.strip() for p in term.replace("==", "=").split("=", 1))
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
 class PodSigner:
     def __init__(self, settings: Settings, kube: Kube, issuer: Issuer,
                  spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
@@ -110,6 +129,8 @@ class PodSigner:
             self._request_event("ADDED", item)
 
     def _request_event(self, kind: str, body: dict[str, Any]) -> None:
+        if self._stop.is_set():
+            return  # this term is over (a lost lease, or shutdown): the next leader answers
         uid = body.get("metadata", {}).get("uid", "")
         if kind == "DELETED" or podcert.settled(body):
             self._pending.pop(uid, None)
@@ -125,10 +146,20 @@ class PodSigner:
         for body in pending:
             self._request_event("ADDED", body)
 
-    def namespace_enabled(self, namespace: str) -> bool:
+    async def namespace_enabled(self, namespace: str) -> bool:
         if self.settings.namespaces and namespace not in self.settings.namespaces:
             return False
-        return not self.settings.pod_cert_namespace_selector or namespace in self.enabled_namespaces
+        selector = self.settings.pod_cert_namespace_selector
+        if not selector or namespace in self.enabled_namespaces:
+            return True
+        # A denial is final for the pod: before giving one, ask once more, in case the label was set just before the
+        # pod was made and our watch has not shown it yet.
+        body = await self.kube.get_namespace(namespace)
+        labels = ((body or {}).get("metadata") or {}).get("labels") or {}
+        if labels_match(selector, labels):
+            self.enabled_namespaces.add(namespace)
+            return True
+        return False
 
     # ---- decide and act ----
 
@@ -136,7 +167,7 @@ class PodSigner:
         request = podcert.parse(body)
         try:
             decision = podcert.decide(
-                request, signer=self.signer, namespace_enabled=self.namespace_enabled(request.namespace),
+                request, signer=self.signer, namespace_enabled=await self.namespace_enabled(request.namespace),
                 namespace_rule=f"namespace label {self.settings.pod_cert_namespace_selector}",
                 rules=self.issuer.policies.values(), trust_domain=self.settings.trust_domain,
                 cluster_domain=self.settings.cluster_domain, max_lifetime=self.settings.pod_cert_max_lifetime)

@@ -120,7 +120,7 @@ def test_rbac_is_least_privilege(helm: Path) -> None:
         ("certificates.k8s.io", "clustertrustbundles", "list"), ("certificates.k8s.io", "clustertrustbundles", "watch"),
         ("certificates.k8s.io", "clustertrustbundles", "create"), ("certificates.k8s.io", "clustertrustbundles", "get"),
         ("certificates.k8s.io", "clustertrustbundles", "update"),
-        ("", "namespaces", "list"), ("", "namespaces", "watch"),
+        ("", "namespaces", "get"), ("", "namespaces", "list"), ("", "namespaces", "watch"),
     }
     assert granted == expected
     # Signing and attesting for our signer only; the bundle rewritten by name only.

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtls_operator import ca as ca_mod
-from mtls_operator import clustertrustbundle, pki, podcert, policy, rotation
+from mtls_operator import clustertrustbundle, pki, podcert, podsigner, policy, rotation
 from mtls_operator.config import Settings
 from tests.unit.conftest import NOW
 
@@ -186,3 +186,14 @@ def test_signings_are_recorded_against_the_root_even_under_an_intermediate(root:
     below = ca_mod.load(ca_mod.new_intermediate(root_data, Settings(), NOW), NOW)
     assert below.fingerprint != top.fingerprint
     assert below.anchor_fingerprint() == top.fingerprint
+
+
+@pytest.mark.parametrize("selector,labels,expected", [
+    ("mtls-operator.io/pod-certificates=enabled", {"mtls-operator.io/pod-certificates": "enabled"}, True),
+    ("mtls-operator.io/pod-certificates=enabled", {"mtls-operator.io/pod-certificates": "yes"}, False),
+    ("mtls-operator.io/pod-certificates==enabled,tier!=dev", {"mtls-operator.io/pod-certificates": "enabled"}, True),
+    ("a=b,tier!=dev", {"a": "b", "tier": "dev"}, False),
+    ("pods-ok", {"pods-ok": ""}, True), ("pods-ok", {}, False), ("!legacy", {"legacy": "x"}, False),
+])
+def test_the_last_look_before_a_denial_reads_the_selector_as_the_api_server_does(selector, labels, expected) -> None:
+    assert podsigner.labels_match(selector, labels) is expected
