@@ -118,6 +118,9 @@ async def _lead(settings: config.Settings, identity: str, kube: Any, elector: An
         reconciler = getattr(memo, "reconciler", None)
         if reconciler is not None:
             reconciler.stop()
+        signer = getattr(memo, "pod_signer", None)
+        if signer is not None:
+            signer.stop()
         stop.set()
 
     if elector is not None:

@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import pki, tlssecret
@@ -50,6 +50,13 @@ def record(marks: dict[str, dt.datetime], issuer: str, not_after: dt.datetime, l
     return fresh
 
 
+def _version(body: dict[str, Any]) -> int:
+    try:
+        return int(body.get("metadata", {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 def name_for(signer: str) -> str:
     return f"{signer.replace('/', ':')}:{SUFFIX}"
 
@@ -75,17 +82,27 @@ def desired(signer: str, bundle_pem: bytes, marks: dict[str, dt.datetime]) -> di
 
 
 class ClusterTrustBundlePublisher:
+    """`serving`: the API serves ClusterTrustBundles and this term publishes (set at start, cleared at stop).
+    `written`: a read or write of our bundle has succeeded — only then is it waited for, and only then may pod
+    certificates be handed out (each needs its record first)."""
+
+    RETRY = 5.0  # seconds before a failed write is tried again (doubling to a minute)
+
     def __init__(self, kube: Kube, signer: str, bundle: Callable[[], bytes | None],
                  spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.kube, self.signer, self.name = kube, signer, name_for(signer)
         self._bundle, self._spawn = bundle, spawn
-        self.current: dict[str, Any] | None = None  # as last seen or written
-        self.active = False  # the API serves ClusterTrustBundles and we publish
+        self.current: dict[str, Any] | None = None  # as last seen or written (the newest resourceVersion)
+        self.serving = False
+        self.written = False
+        self.signer_api = False  # the API serves PodCertificateRequests: pod certificates may exist
         self._lock = asyncio.Lock()
+        self._retry = self.RETRY
+        self._retry_handle: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
         """Watches our one bundle by name (so an edit or a deletion is healed), and publishes it."""
-        self.active = True
+        self.serving = True
 
         def on_event(kind: str, body: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(self._seen, None if kind == "DELETED" else body)
@@ -97,33 +114,56 @@ class ClusterTrustBundlePublisher:
                          args=(f"{CERTIFICATES}/clustertrustbundles", "", on_event, on_listed, stop),
                          kwargs={"field_selector": f"metadata.name={self.name}", "metadata_only": False}).start()
 
+    def stop(self) -> None:
+        self.serving = False
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+
     def _seen(self, body: dict[str, Any] | None) -> None:
+        if not self.serving:
+            return
+        if body is not None and self.current is not None and _version(body) < _version(self.current):
+            return  # older than our own write's answer
         self.current = body
         self.ensure_soon()
 
     def ensure_soon(self) -> None:
-        if self.active:
+        if self.serving:
             self._spawn(self.ensure())
 
     def stale(self) -> int:
         """1 while the published bundle is not the current one (a root rotation's Propagating phase waits for it)."""
         bundle = self._bundle()
-        if not self.active or bundle is None:
+        if not (self.serving and self.written) or bundle is None:
             return 0
-        return 0 if (self.current or {}).get("spec", {}).get("trustBundle") == anchors(bundle) else 1
+        if (self.current or {}).get("spec", {}).get("trustBundle") == anchors(bundle):
+            return 0
+        self.ensure_soon()  # asked while stale: try again now rather than wait for the next event
+        return 1
 
-    def signed_until(self, anchors: Iterable[str]) -> dt.datetime | None:
-        """Until when pod certificates chaining to any of these trust anchors (fingerprints) may be valid."""
-        wanted = [fp[:16] for fp in anchors]
-        return max((until for fp, until in signed_until(self.current).items() if fp in wanted), default=None)
+    async def records(self) -> dict[str, dt.datetime] | None:
+        """The signed-until records, read from the API if not seen yet; None when they cannot be known (the bundle
+        is gone or unreadable: its records with it)."""
+        if self.current is None:
+            try:
+                self.current = await self.kube.get_cluster_trust_bundle(self.name)
+            except ApiError:
+                return None
+        return signed_until(self.current) if self.current is not None else None
 
     async def ensure(self) -> None:
         try:
             await self._write()
+            self._retry = self.RETRY
         except Conflict:
             return  # it changed meanwhile: the watch brings the new version, and we look again
         except ApiError as e:
-            log.warning("could not write ClusterTrustBundle %s: %s", self.name, e)
+            log.warning("could not write ClusterTrustBundle %s: %s; trying again in %.0f s", self.name, e,
+                        self._retry)
+            if self._retry_handle is not None:
+                self._retry_handle.cancel()
+            self._retry_handle = asyncio.get_running_loop().call_later(self._retry, self.ensure_soon)
+            self._retry = min(self._retry * 2, 60.0)
 
     async def record_signed(self, anchor_fingerprint: str, not_after: dt.datetime, lifetime: dt.timedelta,
                             now: dt.datetime) -> None:
@@ -151,13 +191,14 @@ class ClusterTrustBundlePublisher:
             want = desired(self.signer, bundle, marks)
             if current is not None and current.get("spec", {}).get("trustBundle") == want["spec"]["trustBundle"] \
                     and signed_until(current) == marks:
-                self.current = current
+                self.current, self.written = current, True
                 return
             if current is None:
                 self.current = await self.kube.create_cluster_trust_bundle(want)
             else:
                 want["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 self.current = await self.kube.replace_cluster_trust_bundle(want)
+            self.written = True
             if mark is None:
                 log.info("published ClusterTrustBundle %s (%d trust anchors)", self.name,
                          want["spec"]["trustBundle"].count("BEGIN CERTIFICATE"))

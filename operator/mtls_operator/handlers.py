@@ -58,19 +58,19 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
                 reconciler.policy_event("ADDED", body)
         except NotFound:
             log.warning("the MtlsIdentityPolicy CRD is not installed: only the default policy applies")
-        await reconciler.bootstrap_ca()
-        reconciler.start_ca_watch(loop)
-        for path, _bodies, version in listed:
-            reconciler.start_secret_watch(loop, path, version)
         if memo.settings.pod_signer:
             # The second front on the same issuer: PodCertificateRequests for our signer, and its ClusterTrustBundle.
+            # Started before the CA is loaded, so that no rotation step is taken before its records can be read.
             memo.pod_signer = PodSigner(memo.settings, kube, reconciler.issuer, reconciler.spawn)
+            reconciler.cluster_bundle = memo.pod_signer.trust_bundle
             try:
                 await memo.pod_signer.start(loop)
             except Exception:  # the Secret-based identities must not depend on the second front
                 log.exception("the pod-certificate signer could not start; it stays idle")
-            if memo.pod_signer.trust_bundle.active:
-                reconciler.cluster_bundle = memo.pod_signer.trust_bundle
+        await reconciler.bootstrap_ca()
+        reconciler.start_ca_watch(loop)
+        for path, _bodies, version in listed:
+            reconciler.start_secret_watch(loop, path, version)
         memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")
         log.info("mtls-operator started: %d managed Secrets, CA %s", len(reconciler.secrets),
                  "ready" if reconciler.ca else "UNAVAILABLE")

@@ -8,6 +8,7 @@ several signers over one signing core).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 
@@ -17,6 +18,16 @@ from . import ca as ca_mod
 from . import pki, policy
 from .config import Settings
 from .fairness import FairSlots
+
+Shaped = tuple[pki.LeafRequest, dt.timedelta]  # the leaf to sign, and how far its notBefore is backdated
+
+
+@dataclasses.dataclass(frozen=True)
+class Signed:
+    cert: x509.Certificate
+    key: pki.PrivateKey | None  # made here (an identity's), or None (a pod's: it never leaves the node)
+    ca: ca_mod.CA
+    now: dt.datetime  # the signing time the validity was counted from
 
 
 class NoCA(RuntimeError):
@@ -46,22 +57,23 @@ class Issuer:
         return policy.check_names(namespace, dns_names, ip_addresses, self.policies.values(),
                                   self.settings.cluster_domain)
 
-    async def sign(self, namespace: str, leaf: pki.LeafRequest,
-                   key: Callable[[], pki.PrivateKey] | pki.PublicKey, *, ca: ca_mod.CA | None = None,
-                   backdate: dt.timedelta | None = None,
-                   now: dt.datetime | None = None) -> tuple[x509.Certificate, pki.PrivateKey | None, ca_mod.CA]:
-        """Signs `leaf` for `key`: a public key (the pod's), or a function making the private key (in the slot, off
-        the event loop). Returns the certificate, the private key when it was made here, and the CA that signed."""
-        authority = ca or self.ca
-        if authority is None:
-            raise NoCA("no usable CA is loaded")
-        back = self.settings.backdate if backdate is None else backdate
-
-        def work() -> tuple[x509.Certificate, pki.PrivateKey | None]:
-            private = key() if callable(key) else None
-            public = private.public_key() if private is not None else key
-            return pki.issue_leaf(leaf, public, authority.cert, authority.key, now or self.clock(), back), private
-
+    async def sign(self, namespace: str, leaf: pki.LeafRequest | Callable[[dt.datetime, ca_mod.CA], Shaped],
+                   key: Callable[[], pki.PrivateKey] | pki.PublicKey, *, ca: ca_mod.CA | None = None) -> Signed:
+        """Signs a leaf for `key`: a public key (the pod's), or a function making the private key (in the slot, off
+        the event loop). `leaf` is the request, or a function shaping it from the time and CA at the moment of signing
+        (taken in the slot: a long queue must not age a notBefore). With `ca`, that CA signs; otherwise the one in
+        force when the slot is granted."""
         async with self.slots.slot(namespace):
+            authority = ca or self.ca
+            if authority is None:
+                raise NoCA("no usable CA is loaded")
+            now = self.clock()
+            request, backdate = leaf(now, authority) if callable(leaf) else (leaf, self.settings.backdate)
+
+            def work() -> tuple[x509.Certificate, pki.PrivateKey | None]:
+                private = key() if callable(key) else None
+                public = private.public_key() if private is not None else key
+                return pki.issue_leaf(request, public, authority.cert, authority.key, now, backdate), private
+
             cert, private = await asyncio.to_thread(work)
-        return cert, private, authority
+        return Signed(cert, private, authority, now)

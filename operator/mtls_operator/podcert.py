@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from . import pki, policy
@@ -144,7 +145,7 @@ def decide(request: Request, *, signer: str, namespace_enabled: bool, namespace_
     try:
         csr = x509.load_der_x509_csr(request.stub_csr)
         public_key = csr.public_key()
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         return Deny(INVALID_REQUEST, "spec.stubPKCS10Request holds no readable CSR (a request made through an older "
                     "API version?); recreate the pod")
     kind = key_type(public_key)
@@ -168,6 +169,7 @@ def validity(now: dt.datetime, issuer_not_before: dt.datetime, lifetime: dt.time
     """(backdate, duration) for pki.issue_leaf, so that notAfter - notBefore is exactly `lifetime`: the API checks the
     lifetime against spec.maxExpirationSeconds to the second, and a fresh CA's own notBefore may cut the backdate."""
     back = min(configured_backdate, MAX_BACKDATE, max(now - issuer_not_before, dt.timedelta(0)))
+    back = dt.timedelta(seconds=int(back.total_seconds()))  # whole seconds, as the certificate keeps them
     return back, lifetime - back
 
 

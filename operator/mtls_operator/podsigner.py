@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import threading
 import time
@@ -28,6 +29,9 @@ from .issuer import Issuer
 from .kube import CERTIFICATES, ApiError, Conflict, Fenced, Kube, NotFound
 
 log = logging.getLogger(__name__)
+# Signing waited in the queue longer than this: the time is taken again (notBefore must stay within 5 minutes of the
+# API server's clock, and is backdated up to 3).
+MAX_QUEUE = dt.timedelta(seconds=90)
 
 
 def labels_match(selector: str, labels: dict[str, str]) -> bool:
@@ -50,14 +54,19 @@ def labels_match(selector: str, labels: dict[str, str]) -> bool:
 
 
 class PodSigner:
+    RETRY_FIRST, RETRY_MAX = 2.0, 60.0  # seconds: a request whose answer failed is tried again, doubling
+    NEGATIVE_TTL = 10.0  # seconds a namespace found not opted in is believed without asking again
+
     def __init__(self, settings: Settings, kube: Kube, issuer: Issuer,
                  spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.settings, self.kube, self.issuer, self._spawn = settings, kube, issuer, spawn
         self.signer = settings.pod_signer
         self.serving = False
         self.enabled_namespaces: set[str] = set()
+        self._not_enabled: dict[str, float] = {}  # namespace -> monotonic time it was last found not opted in
         self._inflight: set[str] = set()  # request uids being answered
         self._pending: dict[str, dict[str, Any]] = {}  # uid -> request waiting for a CA
+        self._attempts: dict[str, int] = {}  # uid -> failed answers so far (for the retry's backoff)
         self._stop = threading.Event()
         self.trust_bundle = ClusterTrustBundlePublisher(
             kube, self.signer, lambda: issuer.ca.bundle_pem if issuer.ca else None, spawn)
@@ -66,14 +75,18 @@ class PodSigner:
     # ---- start-up ----
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Serves only where the API does: Kubernetes 1.37 (or 1.35/1.36 with the feature gates and the v1 API on)."""
+        """Serves only where the API does: Kubernetes 1.37 (or 1.35/1.36 with the feature gates and the v1 API on).
+        Runs before the CA is loaded, so no rotation step is taken before the signer's records can be read."""
         resources = await self.kube.served_resources("certificates.k8s.io/v1")
         if "podcertificaterequests" not in resources:
             log.warning("the API server does not serve certificates.k8s.io/v1 PodCertificateRequests (Kubernetes "
                         "before 1.37, or the feature is off): the pod-certificate signer %s is idle", self.signer)
             return
-        if "clustertrustbundles" in resources:
-            self.trust_bundle.start(loop, self._stop)
+        if "clustertrustbundles" not in resources:
+            log.error("the API server serves PodCertificateRequests but not ClusterTrustBundles: the pod-certificate "
+                      "signer %s is idle (pods could not get its trust anchors)", self.signer)
+            return
+        self.trust_bundle.signer_api = True  # from here on, a rotation must know what was signed
         selector = self.settings.pod_cert_namespace_selector
         if selector:
             try:
@@ -88,6 +101,7 @@ class PodSigner:
                              args=("/api/v1/namespaces", version, self._threadsafe(loop, self._namespace_event),
                                    self._threadsafe(loop, self._namespaces_listed), self._stop),
                              kwargs={"label_selector": selector}).start()
+        self.trust_bundle.start(loop, self._stop)
         for path in self._request_paths():
             threading.Thread(target=self.kube.watch_objects, name="pod-cert-requests", daemon=True,
                              args=(path, "", self._threadsafe(loop, self._request_event),
@@ -100,7 +114,10 @@ class PodSigner:
                  f"labelled {selector}" if selector else "all served")
 
     def stop(self) -> None:
+        """This term is over (a lost lease, or shutdown): nothing more is answered or published from it."""
         self._stop.set()
+        self.serving = False
+        self.trust_bundle.stop()
         metrics.pod_signer_serving.set(0)
 
     @staticmethod
@@ -123,17 +140,23 @@ class PodSigner:
             self.enabled_namespaces.discard(name)
         else:
             self.enabled_namespaces.add(name)
+            self._not_enabled.pop(name, None)
 
     def _requests_listed(self, items: list[dict[str, Any]]) -> None:
+        listed = {item.get("metadata", {}).get("uid", "") for item in items}
+        for uid in set(self._pending) - listed:  # deleted while the watch was down
+            self._pending.pop(uid, None)
+            self._attempts.pop(uid, None)
         for item in items:
             self._request_event("ADDED", item)
 
     def _request_event(self, kind: str, body: dict[str, Any]) -> None:
         if self._stop.is_set():
-            return  # this term is over (a lost lease, or shutdown): the next leader answers
+            return  # this term is over: the next leader answers
         uid = body.get("metadata", {}).get("uid", "")
         if kind == "DELETED" or podcert.settled(body):
             self._pending.pop(uid, None)
+            self._attempts.pop(uid, None)
             return
         if uid in self._inflight:
             return
@@ -152,20 +175,27 @@ class PodSigner:
         selector = self.settings.pod_cert_namespace_selector
         if not selector or namespace in self.enabled_namespaces:
             return True
+        if time.monotonic() - self._not_enabled.get(namespace, -self.NEGATIVE_TTL) < self.NEGATIVE_TTL:
+            return False  # a flood of pods there costs one look per namespace and period, not one each
         # A denial is final for the pod: before giving one, ask once more, in case the label was set just before the
         # pod was made and our watch has not shown it yet.
         body = await self.kube.get_namespace(namespace)
-        labels = ((body or {}).get("metadata") or {}).get("labels") or {}
-        if labels_match(selector, labels):
+        if body is not None and labels_match(selector, (body.get("metadata") or {}).get("labels") or {}):
             self.enabled_namespaces.add(namespace)
             return True
+        self._not_enabled[namespace] = time.monotonic()
+        if len(self._not_enabled) > 4096:  # bounded: the oldest are forgotten (and asked about again)
+            for stale in sorted(self._not_enabled, key=self._not_enabled.__getitem__)[:1024]:
+                del self._not_enabled[stale]
         return False
 
     # ---- decide and act ----
 
     async def _answer(self, body: dict[str, Any], seen: float) -> None:
-        request = podcert.parse(body)
+        meta = body.get("metadata", {})
+        uid, where = meta.get("uid", ""), f"{meta.get('namespace')}/{meta.get('name')}"
         try:
+            request = podcert.parse(body)
             decision = podcert.decide(
                 request, signer=self.signer, namespace_enabled=await self.namespace_enabled(request.namespace),
                 namespace_rule=f"namespace label {self.settings.pod_cert_namespace_selector}",
@@ -175,40 +205,66 @@ class PodSigner:
                 await self._deny(request, decision)
             else:
                 await self._sign(request, body, decision)
+            self._attempts.pop(uid, None)
+            metrics.pod_certificate_seconds.observe(time.monotonic() - seen)
         except Fenced:
             pass  # the lease is lost: the next leader answers
-        except Exception:
-            log.exception("could not answer PodCertificateRequest %s/%s", request.namespace, request.name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # API trouble, a refused write: the pod waits, so the answer is tried again
+            attempts = self._attempts[uid] = self._attempts.get(uid, 0) + 1
+            delay = min(self.RETRY_FIRST * 2 ** (attempts - 1), self.RETRY_MAX)
+            log.warning("could not answer PodCertificateRequest %s (%s: %s); trying again in %.0f s", where,
+                        type(e).__name__, e, delay)
+            asyncio.get_running_loop().call_later(delay, self._retry, uid, body)
         finally:
-            self._inflight.discard(request.uid)
-            metrics.pod_certificate_seconds.observe(time.monotonic() - seen)
+            self._inflight.discard(uid)
+
+    def _retry(self, uid: str, body: dict[str, Any]) -> None:
+        if uid in self._attempts and uid not in self._inflight:
+            self._request_event("MODIFIED", body)
 
     async def _sign(self, request: podcert.Request, body: dict[str, Any], decision: podcert.Sign) -> None:
-        ca = self.issuer.ca
-        if ca is None:
-            self._pending[request.uid] = body
-            log.warning("PodCertificateRequest %s/%s waits: no usable CA is loaded", request.namespace, request.name)
-            return
-        now = self.issuer.clock().replace(microsecond=0)
-        back, duration = podcert.validity(now, ca.cert.not_valid_before_utc, decision.lifetime,
-                                          self.settings.backdate)
-        leaf = dataclasses.replace(decision.leaf, duration=duration)
-        cert, _, ca = await self.issuer.sign(request.namespace, leaf, decision.public_key, ca=ca, backdate=back,
-                                             now=now)
+        if not self.trust_bundle.written:
+            raise RuntimeError(f"ClusterTrustBundle {self.trust_bundle.name} not written yet: no certificate leaves "
+                               f"before its record can")
+        for _ in range(3):
+            ca = self.issuer.ca
+            if ca is None:
+                self._pending[request.uid] = body
+                log.warning("PodCertificateRequest %s/%s waits: no usable CA is loaded", request.namespace,
+                            request.name)
+                return
+            # The time is taken in the signing slot (a long queue must not leave notBefore too far behind the API
+            # server's clock), and the CA checked again after it: one that changed meanwhile signs afresh.
+            cert, ca, now = await self._signed(request, decision, ca)
+            if self.issuer.ca is ca and self.issuer.clock() - now < MAX_QUEUE:
+                break
+        else:
+            raise RuntimeError("the CA kept changing, or signing kept queueing, while answering")
         problem = podcert.lifetime_problem(cert)
         if problem:  # the CA itself ends within the hour: a new one (rotation, or an admin) must come first
             self._pending[request.uid] = body
             log.warning("PodCertificateRequest %s/%s waits: %s", request.namespace, request.name, problem)
             return
-        if self.trust_bundle.active:  # recorded before it leaves: a root rotation waits for it to expire
-            await self.trust_bundle.record_signed(ca.anchor_fingerprint(), cert.not_valid_after_utc,
-                                                  decision.lifetime, now)
+        # Recorded before it leaves: a root rotation keeps the old root until this certificate has expired.
+        await self.trust_bundle.record_signed(ca.anchor_fingerprint(), cert.not_valid_after_utc, decision.lifetime,
+                                              now)
         written = await self._write(request, podcert.issued_status(cert, ca.chain_pem(), request.uid, now))
         if written:
             metrics.pod_certificates.labels("issued", "").inc()
             log.info("signed pod certificate %s/%s for pod %s: serial %s, %s key, valid until %s",
                      request.namespace, request.name, request.pod_name, pki.serial_hex(cert), decision.key_type,
                      cert.not_valid_after_utc.isoformat())
+
+    async def _signed(self, request: podcert.Request, decision: podcert.Sign, ca: Any) -> tuple[Any, Any, Any]:
+        def shape(now: dt.datetime, authority: Any) -> tuple[pki.LeafRequest, dt.timedelta]:
+            back, duration = podcert.validity(now, authority.cert.not_valid_before_utc, decision.lifetime,
+                                              self.settings.backdate)
+            return dataclasses.replace(decision.leaf, duration=duration), back
+
+        signed = await self.issuer.sign(request.namespace, shape, decision.public_key)
+        return signed.cert, signed.ca, signed.now
 
     async def _deny(self, request: podcert.Request, deny: podcert.Deny) -> None:
         now = self.issuer.clock().replace(microsecond=0)
@@ -223,7 +279,8 @@ class PodSigner:
                                          f"{self.signer} denied the pod certificate ({deny.reason}): {deny.message}"))
 
     async def _write(self, request: podcert.Request, status: dict[str, Any]) -> bool:
-        """The one status write; False when the request was answered meanwhile, is gone, or refused."""
+        """The one status write; False when the request was answered meanwhile or is gone. Other refusals raise (the
+        answer is tried again)."""
         try:
             await self.kube.patch_pod_certificate_status(request.namespace, request.name, request.resource_version,
                                                          status)
@@ -235,10 +292,4 @@ class PodSigner:
                 asyncio.get_running_loop().call_soon(self._request_event, "MODIFIED", fresh)
             return False
         except NotFound:
-            return False
-        except Fenced:
-            raise
-        except ApiError as e:
-            log.error("the API server refused the answer to PodCertificateRequest %s/%s: %s", request.namespace,
-                      request.name, e)
             return False

@@ -779,7 +779,8 @@ class Reconciler:
 
         if decision.reason is plan.Reason.CA_CHANGED:
             await self._reissue_rate.acquire()
-        cert, key_obj, _ = await self.issuer.sign(spec.namespace, request, make_key, ca=ca)
+        signed = await self.issuer.sign(spec.namespace, request, make_key, ca=ca)
+        cert, key_obj = signed.cert, signed.key
         revision = view.revision + 1 if view.owned else 1
         renew_request = (body["metadata"].get("annotations") or {}).get(tlssecret.ANN_RENEW_REQUEST, "")
         annotations = tlssecret.record(spec, cert, ca.fingerprint, revision, renew_request,

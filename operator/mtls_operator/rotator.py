@@ -70,6 +70,7 @@ class RootRotator:
         self._waiting_published = 0.0
         self._current: tuple[Any, dt.datetime] | None = None  # (phase, since every bundle is current)
         self._wake: dt.datetime | None = None
+        self._pod_records: dict[str, dt.datetime] | None = {}  # loaded at each check (_load_pod_records)
 
     def progress(self, authority: ca_mod.CA, phase: rotation.Phase, now: dt.datetime) -> rotation.Progress:
         """The counts, and what they mean over time (kept in memory: after a restart every wait starts afresh, which
@@ -96,20 +97,34 @@ class RootRotator:
             return rotation.Progress(0, 0, pod_certificates_until=self._pod_certificates_until(authority, state, now))
         return rotation.Progress(0, 0)
 
+    async def _load_pod_records(self) -> dict[str, dt.datetime] | None:
+        """The signer's signed-until records ({} when no pod certificate can exist; None when some may, but the
+        records cannot be read)."""
+        bundle = self.r.cluster_bundle
+        if bundle is None or not bundle.signer_api:
+            return {}
+        return await bundle.records()
+
     def _pod_certificates_until(self, authority: ca_mod.CA, state: rotation.State,
                                 now: dt.datetime) -> dt.datetime | None:
         """When the last pod certificate under a root being retired (in the bundle, not the current anchor) expires
         (None: none was signed). When they outlast the grace period, the MtlsAuthority says so from the start."""
-        bundle = self.r.cluster_bundle
         current = authority.anchor_fingerprint()
-        retiring = [fp for fp in map(pki.fingerprint, pki.load_chain(authority.bundle_pem)) if fp != current]
-        until = bundle.signed_until(retiring) if bundle is not None and bundle.active else None
-        grace_over = (state.since or now) + self.timing.grace
+        retiring = [fp[:16] for fp in map(pki.fingerprint, pki.load_chain(authority.bundle_pem)) if fp != current]
+        since = state.since or now
+        records = self._pod_records
+        if records is None:  # unknown: assume the longest pod certificate was signed just before this phase began
+            until: dt.datetime | None = since + self.r.settings.pod_cert_max_lifetime * 5 / 4
+            why = "their records on the ClusterTrustBundle cannot be read, so for the longest pod certificate lifetime"
+        else:
+            until = max((t for fp, t in records.items() if fp in retiring), default=None)
+            why = "the last at {}"
+        grace_over = since + self.timing.grace
         message = ""
         if until is not None and until > max(now, grace_over):
+            when = until.strftime("%Y-%m-%dT%H:%M:%SZ")
             message = (f"root rotation phase Retiring waits for pod certificates signed under the old root to expire "
-                       f"(the last at {until.strftime('%Y-%m-%dT%H:%M:%SZ')}); the old root stays in every bundle "
-                       f"until then")
+                       f"({why.format(when)}); the old root stays in every bundle until {when}")
         if message != self.waiting:
             self.waiting = message
             self.waiting_reason = "WaitingForPodCertificates" if message else "WaitingForSecrets"
@@ -186,6 +201,7 @@ class RootRotator:
         """Takes the next step if it is due, and sets the timer for the next look."""
         async with self._lock:
             self._wake = None
+            self._pod_records = await self._load_pod_records()
             body, authority = self.r.ca_secret, self.r.ca
             if body is None or authority is None:
                 return
