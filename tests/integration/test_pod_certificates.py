@@ -2,7 +2,7 @@
 the way the kubelet creates them (a stub CSR signed by a key that never leaves this test); the API server's own
 validation of the status we write is part of what is tested. In kind the same tests run against the operator's pod,
 with only the chart's RBAC (`sign` and `attest` on our signer). Pods that mount a `podCertificate` volume under a real
-kubelet are in test_kind_pod_certificates.py."""
+kubelet are in test_pod_certificates_in_kind.py."""
 
 from __future__ import annotations
 
