@@ -99,7 +99,12 @@ def test_two_replicas_hand_over_on_pod_deletion_and_metrics_need_an_authorized_t
         # 15 s lease would have lapsed, and serves.
         standby = next(p for p in _pods(kubectl) if p != leader)
         kubectl("delete", "pod", "-n", OPERATOR_NAMESPACE, leader, "--wait=false")
-        wait_for("the standby to hold the Lease", lambda: _holder(kubectl) == standby, timeout=60, interval=0.5)
+        try:
+            wait_for("the standby to hold the Lease", lambda: _holder(kubectl) == standby, timeout=60, interval=0.5)
+        except AssertionError as e:
+            lease = kubectl("get", "lease", "-n", OPERATOR_NAMESPACE, RELEASE, "-o", "yaml", check=False).stdout
+            logs = kubectl("logs", "-n", OPERATOR_NAMESPACE, standby, "--tail=40", check=False).stdout
+            raise AssertionError(f"{e}\npods: {_pods(kubectl)}\nlease:\n{lease}\nstandby {standby}:\n{logs}") from e
         api.create_identity(ns, "after-handover")
         api.wait_ready(ns, "after-handover", timeout=120)
         logs = kubectl("logs", "-n", OPERATOR_NAMESPACE, standby).stdout
