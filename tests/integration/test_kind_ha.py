@@ -1,7 +1,7 @@
 """On kind: two replicas installed by the chart, with secure metrics — the operator as users would run it for
 availability. Only the Lease holder acts; deleting its pod hands the Lease on (the terminating pod releases it on
-SIGTERM) to another pod, which then serves. /metrics answers over HTTPS only to a bearer token the API server vouches for and
-that is allowed `get` on /metrics (TokenReview + SubjectAccessReview), seen from a pod inside the cluster.
+SIGTERM) to another pod, which then serves. /metrics answers over HTTPS only to a bearer token the API server vouches
+for and that is allowed `get` on /metrics (TokenReview + SubjectAccessReview), seen from a pod inside the cluster.
 
 The release is put back to the e2e values (one replica, plain metrics) when the test ends.
 """
