@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 
 import cluster  # noqa: E402
 from mtls_operator import podcert  # noqa: E402
-from tests.kit import Api, OperatorProcess, wait_for  # noqa: E402
+from tests.kit import OPERATOR_NAMESPACE, Api, Kubectl, OperatorProcess, wait_for  # noqa: E402
 
 GROUP, VERSION, PLURAL = "certificates.k8s.io", "v1", "podcertificaterequests"
 THREADS = 8
@@ -117,8 +117,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-podcerts-") as tmp:
         workdir = Path(tmp)
         with cluster.LocalCluster(kubeconfig=workdir / "kubeconfig") as local:
+            Kubectl(cluster.bin_dir() / "kubectl", local.kubeconfig)("apply", "-f", str(REPO / "crds"))
             api = Api(local.kubeconfig)
-            for ns in ("floor", "signed"):
+            for ns in (OPERATOR_NAMESPACE, "floor", "signed"):
                 api.core.create_namespace({"metadata": {"name": ns}})
             operator = OperatorProcess(local.kubeconfig, workdir, ("--pod-cert-namespace-selector=",
                                                                     "--no-leader-election")).start()

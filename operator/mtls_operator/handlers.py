@@ -67,7 +67,12 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
                 await memo.pod_signer.start(loop)
             except Exception:  # the Secret-based identities must not depend on the second front
                 log.exception("the pod-certificate signer could not start; it stays idle")
-        await reconciler.bootstrap_ca()
+        try:
+            await reconciler.bootstrap_ca()
+        except BaseException:  # kopf tries the whole start-up again: this attempt's signer must not live on
+            if getattr(memo, "pod_signer", None):
+                memo.pod_signer.stop()
+            raise
         reconciler.start_ca_watch(loop)
         for path, _bodies, version in listed:
             reconciler.start_secret_watch(loop, path, version)

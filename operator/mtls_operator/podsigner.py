@@ -225,6 +225,10 @@ class PodSigner:
             self._request_event("MODIFIED", body)
 
     async def _sign(self, request: podcert.Request, body: dict[str, Any], decision: podcert.Sign) -> None:
+        if self.issuer.ca is None:
+            self._pending[request.uid] = body
+            log.info("PodCertificateRequest %s/%s waits: no usable CA is loaded", request.namespace, request.name)
+            return
         if not self.trust_bundle.written:
             raise RuntimeError(f"ClusterTrustBundle {self.trust_bundle.name} not written yet: no certificate leaves "
                                f"before its record can")
@@ -232,8 +236,6 @@ class PodSigner:
             ca = self.issuer.ca
             if ca is None:
                 self._pending[request.uid] = body
-                log.warning("PodCertificateRequest %s/%s waits: no usable CA is loaded", request.namespace,
-                            request.name)
                 return
             # The time is taken in the signing slot (a long queue must not leave notBefore too far behind the API
             # server's clock), and the CA checked again after it: one that changed meanwhile signs afresh.
