@@ -19,6 +19,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -91,10 +92,28 @@ def ensure_binaries() -> Path:
     return bin_dir()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port to listen on later, below the kernel's ephemeral range: a port bind(0) hands out is free only for that
+    moment, and the many outgoing connections of a test run (each takes an ephemeral port) can take it before the
+    server binds it (seen: "address already in use" for an operator's health port). Never the same one twice in a
+    process."""
+    low, _high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 # ---- throw-away PKI for the control plane itself (not the operator's CA) ----

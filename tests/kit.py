@@ -9,7 +9,6 @@ import itertools
 import os
 import random
 import shutil
-import socket
 import string
 import subprocess
 import sys
@@ -41,12 +40,6 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float = 30.0, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unique(prefix: str) -> str:
@@ -194,7 +187,9 @@ class OperatorProcess:
     def start(self, *more_args: str) -> OperatorProcess:
         assert self.proc is None, "already running"
         self.starts += 1
-        self.metrics_port, self.health_port = free_port(), free_port()
+        import cluster  # hack/cluster.py: one way to pick ports (outside the ephemeral range)
+
+        self.metrics_port, self.health_port = cluster.free_port(), cluster.free_port()
         self.log_path = self.log_dir / f"operator-{self.starts}.log"
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         args = [sys.executable, "-m", "mtls_operator", "run", "--ca-namespace", OPERATOR_NAMESPACE,
