@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 from collections.abc import Mapping
 
@@ -44,9 +45,11 @@ class CA:
     def chain_pem(self) -> bytes:
         return pki.to_pem(*self.chain)
 
+    @functools.cached_property
     def anchor_fingerprint(self) -> str:
         """The trust anchor (root in the bundle) that the issuer's certificates chain to: the issuer itself when it is
-        a root. A root rotation retires anchors, so what was signed is recorded against the anchor."""
+        a root. A root rotation retires anchors, so what was signed is recorded against the anchor. Worked out once
+        per loaded CA (it verifies signatures), not per pod certificate."""
         top = (self.chain or (self.cert,))[-1]
         if _is_self_signed(top):
             return pki.fingerprint(top)

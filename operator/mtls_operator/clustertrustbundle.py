@@ -104,15 +104,9 @@ class ClusterTrustBundlePublisher:
         """Watches our one bundle by name (so an edit or a deletion is healed), and publishes it."""
         self.serving = True
 
-        def on_event(kind: str, body: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(self._seen, None if kind == "DELETED" else body)
-
-        def on_listed(items: list[dict[str, Any]]) -> None:
-            loop.call_soon_threadsafe(self._seen, items[0] if items else None)
-
-        threading.Thread(target=self.kube.watch_objects, name="clustertrustbundle-watch", daemon=True,
-                         args=(f"{CERTIFICATES}/clustertrustbundles", "", on_event, on_listed, stop),
-                         kwargs={"field_selector": f"metadata.name={self.name}", "metadata_only": False}).start()
+        threading.Thread(target=self.kube.watch_one, name="clustertrustbundle-watch", daemon=True,
+                         args=(f"{CERTIFICATES}/clustertrustbundles", self.name,
+                               lambda body: loop.call_soon_threadsafe(self._seen, body), stop)).start()
 
     def stop(self) -> None:
         self.serving = False

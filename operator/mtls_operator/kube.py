@@ -138,6 +138,13 @@ class Kube:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._request, method, path, body, content_type)
 
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """One object, or None when there is none (a 404)."""
+        try:
+            return await self._call("GET", path)
+        except NotFound:
+            return None
+
     def _lease_request(self, method: str, path: str, body: Any = None, timeout: float = LEASE_REQUEST_TIMEOUT) -> Any:
         """Never fenced (the Lease's calls are how the lease is won back, and its resourceVersion guards them), and
         bounded by `timeout`."""
@@ -150,10 +157,7 @@ class Kube:
         return f"/api/v1/namespaces/{quote(namespace)}/secrets"
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._call("GET", f"{self._secrets(namespace)}/{quote(name)}")
-        except NotFound:
-            return None
+        return await self._get_or_none(f"{self._secrets(namespace)}/{quote(name)}")
 
     async def list_all(self, api: str, plural: str, namespaces: tuple[str, ...] = (),
                        label_selector: str = "", field_selector: str = "") -> list[dict[str, Any]]:
@@ -191,10 +195,7 @@ class Kube:
         return f"/apis/apps/v1/namespaces/{quote(namespace)}/{plural}/{quote(name)}"
 
     async def get_workload(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._call("GET", self._workload(namespace, kind, name))
-        except NotFound:
-            return None
+        return await self._get_or_none(self._workload(namespace, kind, name))
 
     async def annotate_pod_template(self, namespace: str, kind: str, name: str,
                                     annotations: Mapping[str, str]) -> dict[str, Any]:
@@ -205,16 +206,10 @@ class Kube:
     # ---- ServiceAccounts ----
 
     async def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._call("GET", f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts/{quote(name)}")
-        except NotFound:
-            return None
+        return await self._get_or_none(f"/api/v1/namespaces/{quote(namespace)}/serviceaccounts/{quote(name)}")
 
     async def get_namespace(self, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._call("GET", f"/api/v1/namespaces/{quote(name)}")
-        except NotFound:
-            return None
+        return await self._get_or_none(f"/api/v1/namespaces/{quote(name)}")
 
     # ---- ConfigMaps (trust bundles) ----
 
@@ -231,10 +226,7 @@ class Kube:
     async def served_resources(self, group_version: str) -> set[str]:
         """The resources an API group version serves (empty when it is not served at all): Kubernetes before 1.37,
         or with the pod-certificate feature gates off, has no certificates.k8s.io/v1 PodCertificateRequests."""
-        try:
-            found = await self._call("GET", f"/apis/{group_version}")
-        except NotFound:
-            return set()
+        found = await self._get_or_none(f"/apis/{group_version}") or {}
         return {r.get("name", "") for r in found.get("resources") or []}
 
     @staticmethod
@@ -242,10 +234,7 @@ class Kube:
         return f"{CERTIFICATES}/namespaces/{quote(namespace)}/podcertificaterequests/{quote(name)}"
 
     async def get_pod_certificate_request(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._call("GET", self._pod_certificate(namespace, name))
-        except NotFound:
-            return None
+        return await self._get_or_none(self._pod_certificate(namespace, name))
 
     async def patch_pod_certificate_status(self, namespace: str, name: str, resource_version: str,
                                            status: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,10 +244,7 @@ class Kube:
                                 "application/merge-patch+json")
 
     async def get_cluster_trust_bundle(self, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._call("GET", f"{CERTIFICATES}/clustertrustbundles/{quote(name)}")
-        except NotFound:
-            return None
+        return await self._get_or_none(f"{CERTIFICATES}/clustertrustbundles/{quote(name)}")
 
     async def create_cluster_trust_bundle(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("POST", f"{CERTIFICATES}/clustertrustbundles", body)
@@ -277,10 +263,7 @@ class Kube:
         return await self._call("POST", f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}", body)
 
     async def get_identity(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._call("GET", self._identity(namespace, name))
-        except NotFound:
-            return None
+        return await self._get_or_none(self._identity(namespace, name))
 
     async def delete_identity(self, namespace: str, name: str) -> None:
         """Foreground is not needed: the Secret it owns goes with it through the garbage collector."""
@@ -297,10 +280,7 @@ class Kube:
         return await self._call("POST", f"/apis/{GROUP}/{VERSION}/mtlsauthorities", body)
 
     async def get_authority(self, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._call("GET", f"/apis/{GROUP}/{VERSION}/mtlsauthorities/{quote(name)}")
-        except NotFound:
-            return None
+        return await self._get_or_none(f"/apis/{GROUP}/{VERSION}/mtlsauthorities/{quote(name)}")
 
     async def patch_authority_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("PATCH", f"/apis/{GROUP}/{VERSION}/mtlsauthorities/{quote(name)}/status",
@@ -369,59 +349,21 @@ class Kube:
         return await self._review("/apis/authorization.k8s.io/v1/subjectaccessreviews", {
             "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": dict(spec)})
 
-    # ---- one object's watch (the CA Secret, which kopf's label-filtered Secret watch does not see) ----
+    # ---- one object's watch, by name (the CA Secret, which the label-filtered Secret watch does not see; the
+    # signer's ClusterTrustBundle) ----
 
-    def watch_secret(self, namespace: str, name: str, on_change: Callable[[dict[str, Any] | None], None],
-                     stop: threading.Event) -> None:
-        """Blocking: calls on_change(body or None) now and on every change of one Secret, until `stop` is set.
+    def watch_one(self, collection: str, name: str, on_change: Callable[[dict[str, Any] | None], None],
+                  stop: threading.Event) -> None:
+        """Blocking (a thread of its own): on_change(body or None) now and on every change of the object `name` in
+        the `collection` path, until `stop` is set — watch_objects on that one name, whole."""
+        def on_event(kind: str, body: dict[str, Any]) -> None:
+            on_change(None if kind == "DELETED" else body)
 
-        Runs on its own thread. Re-lists after the server expires the resourceVersion (410) or the stream ends.
-        """
-        base = self._secrets(namespace)
-        selector = f"metadata.name={name}"
-        backoff = 1.0
-        while not stop.is_set():
-            try:
-                listing = self._request("GET", base, query={"fieldSelector": selector})
-                items = listing.get("items") or []
-                on_change(items[0] if items else None)
-                version = listing["metadata"]["resourceVersion"]
-                backoff = 1.0
-                while not stop.is_set():
-                    version = self._watch_once(base, selector, version, on_change)
-                    if version is None:
-                        break  # expired: list again
-            except Exception as e:  # the watch must outlive API hiccups
-                log.warning("CA Secret watch failed (%s); retrying in %.0fs", e, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+        def on_listed(items: list[dict[str, Any]]) -> None:
+            on_change(items[0] if items else None)
 
-    def _watch_once(self, base: str, selector: str, version: str,
-                    on_change: Callable[[dict[str, Any] | None], None]) -> str | None:
-        m, url, h, b, p = self._client.param_serialize(
-            "GET", base, query_params=[("fieldSelector", selector), ("watch", "true"),
-                                       ("resourceVersion", version), ("timeoutSeconds", "290"),
-                                       ("allowWatchBookmarks", "true")],
-            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-        resp = self._client.call_api(m, url, h, b, p, _request_timeout=(10, 330))
-        raw = resp.response
-        try:
-            if resp.status >= 400:
-                return None
-            for event in _watch_events(raw):
-                obj = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    return None
-                version = obj.get("metadata", {}).get("resourceVersion", version)
-                if event.get("type") in ("ADDED", "MODIFIED"):
-                    on_change(obj)
-                elif event.get("type") == "DELETED":
-                    on_change(None)
-            return version
-        finally:
-            with contextlib.suppress(Exception):
-                raw.release_conn()
-
+        self.watch_objects(collection, "", on_event, on_listed, stop,
+                           field_selector=f"metadata.name={name}", metadata_only=False)
 
     # ---- lists and watches on threads of their own: the identity Secrets' metadata (look-alikes' data never
     # reaches us), namespaces opted in to pod certificates, PodCertificateRequests for our signer ----

@@ -250,7 +250,7 @@ class PodSigner:
             log.warning("PodCertificateRequest %s/%s waits: %s", request.namespace, request.name, problem)
             return
         # Recorded before it leaves: a root rotation keeps the old root until this certificate has expired.
-        await self.trust_bundle.record_signed(ca.anchor_fingerprint(), cert.not_valid_after_utc, decision.lifetime,
+        await self.trust_bundle.record_signed(ca.anchor_fingerprint, cert.not_valid_after_utc, decision.lifetime,
                                               now)
         written = await self._write(request, podcert.issued_status(cert, ca.chain_pem(), request.uid, now))
         if written:

@@ -413,8 +413,9 @@ class Reconciler:
         def on_change(body: dict[str, Any] | None) -> None:
             asyncio.run_coroutine_threadsafe(self.ca_changed(body), loop)
 
-        thread = threading.Thread(target=self.kube.watch_secret, name="ca-watch", daemon=True,
-                                  args=(s.ca_namespace, s.ca_secret_name, on_change, self._ca_watch_stop))
+        thread = threading.Thread(target=self.kube.watch_one, name="ca-watch", daemon=True,
+                                  args=(self.kube.secret_paths((s.ca_namespace,))[0], s.ca_secret_name, on_change,
+                                        self._ca_watch_stop))
         thread.start()
 
     def start_secret_watch(self, loop: asyncio.AbstractEventLoop, path: str, version: str) -> None:

@@ -109,7 +109,7 @@ class RootRotator:
                                 now: dt.datetime) -> dt.datetime | None:
         """When the last pod certificate under a root being retired (in the bundle, not the current anchor) expires
         (None: none was signed). When they outlast the grace period, the MtlsAuthority says so from the start."""
-        current = authority.anchor_fingerprint()
+        current = authority.anchor_fingerprint
         retiring = [fp[:16] for fp in map(pki.fingerprint, pki.load_chain(authority.bundle_pem)) if fp != current]
         since = state.since or now
         records = self._pod_records

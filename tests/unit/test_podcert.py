@@ -182,10 +182,10 @@ def test_retiring_keeps_the_old_root_until_its_pod_certificates_expire() -> None
 def test_signings_are_recorded_against_the_root_even_under_an_intermediate(root: ca_mod.CA) -> None:
     root_data = ca_mod.new_root(Settings(), NOW - dt.timedelta(days=1))
     top = ca_mod.load(root_data, NOW)
-    assert top.anchor_fingerprint() == top.fingerprint
+    assert top.anchor_fingerprint == top.fingerprint
     below = ca_mod.load(ca_mod.new_intermediate(root_data, Settings(), NOW), NOW)
     assert below.fingerprint != top.fingerprint
-    assert below.anchor_fingerprint() == top.fingerprint
+    assert below.anchor_fingerprint == top.fingerprint
 
 
 @pytest.mark.parametrize("selector,labels,expected", [
