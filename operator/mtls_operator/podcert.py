@@ -28,8 +28,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from . import pki, policy
 from .spec import DNS_NAME, GROUP, spiffe_id
 
-API = "/apis/certificates.k8s.io/v1"
-PLURAL = "podcertificaterequests"
 DEFAULT_SIGNER = f"{GROUP}/spiffe"
 TERMINAL = frozenset({"Issued", "Denied", "Failed"})
 # The API server's bounds on what a signer may answer.
