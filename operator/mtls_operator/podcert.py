@@ -171,12 +171,14 @@ def validity(now: dt.datetime, issuer_not_before: dt.datetime, lifetime: dt.time
     return back, lifetime - back
 
 
-def begin_refresh_at(not_before: dt.datetime, not_after: dt.datetime, uid: str) -> dt.datetime:
-    """About two thirds into the lifetime, spread by ±1/12 of it (a fleet started together does not refresh
-    together), and always inside the API server's bounds. Whole seconds: the API keeps no more."""
+def begin_refresh_at(not_before: dt.datetime, not_after: dt.datetime, uid: str, fraction: float) -> dt.datetime:
+    """`fraction` into the lifetime (--pod-cert-refresh, two thirds by default: a third is left to ride out a signer
+    outage), spread by up to ±1/12 of it (a fleet started together does not refresh together), and always inside the
+    API server's bounds, 10 minutes from either end. Whole seconds: the API keeps no more."""
     lifetime = not_after - not_before
     spread = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF  # 0..1, stable per request
-    at = not_before + lifetime * (7 / 12 + spread / 6)
+    width = min(1 / 12, fraction, 1 - fraction)  # narrower near the ends: 0 and 1 mean the API's own bounds
+    at = not_before + lifetime * (fraction + width * (2 * spread - 1))
     at = max(not_before + REFRESH_MARGIN, min(at, not_after - REFRESH_MARGIN))
     return at.replace(microsecond=0)
 
@@ -190,13 +192,14 @@ def _condition(kind: str, reason: str, message: str, now: dt.datetime) -> dict[s
             "lastTransitionTime": _time(now)}
 
 
-def issued_status(cert: x509.Certificate, chain_pem: bytes, uid: str, now: dt.datetime) -> dict[str, Any]:
+def issued_status(cert: x509.Certificate, chain_pem: bytes, uid: str, now: dt.datetime,
+                  refresh: float) -> dict[str, Any]:
     """The one status write that answers a request: the chain, the Issued condition and the three times together."""
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     return {
         "certificateChain": (pki.to_pem(cert) + chain_pem).decode(),
         "notBefore": _time(not_before), "notAfter": _time(not_after),
-        "beginRefreshAt": _time(begin_refresh_at(not_before, not_after, uid)),
+        "beginRefreshAt": _time(begin_refresh_at(not_before, not_after, uid, refresh)),
         "conditions": [_condition("Issued", "Issued", f"serial {pki.serial_hex(cert)} for "
                                   f"{', '.join(pki.spiffe_ids(cert))}", now)],
     }

@@ -252,7 +252,8 @@ class PodSigner:
         # Recorded before it leaves: a root rotation keeps the old root until this certificate has expired.
         await self.trust_bundle.record_signed(ca.anchor_fingerprint, cert.not_valid_after_utc, decision.lifetime,
                                               now)
-        written = await self._write(request, podcert.issued_status(cert, ca.chain_pem(), request.uid, now))
+        written = await self._write(request, podcert.issued_status(
+            cert, ca.chain_pem(), request.uid, now, self.settings.pod_cert_refresh))
         if written:
             metrics.pod_certificates.labels("issued", "").inc()
             log.info("signed pod certificate %s/%s for pod %s: serial %s, %s key, valid until %s",

@@ -841,6 +841,8 @@ class Reconciler:
         generation = body["metadata"].get("generation", 0)
         desired = status.failed(previous, reason, message, generation, self.clock())
         metrics.identity_ready.labels(*key).set(0)
+        if self._unwritable.get(key) == generation:
+            return  # refused already: only a new spec (a new generation) can make the object writable again
         try:
             changed = await self._set_status(key, body, desired)
         except ApiError as e:

@@ -30,10 +30,13 @@ CA_SECRET = "mtls-operator-ca"  # the chart's default
 
 # Both sides build their TLS context from the mounted folder for every connection, so the files the kubelet swaps in
 # after a renewal are picked up. The client prints one line per attempt:
-#   OK <server serial> <key id of the CA that signed the server's leaf> <the SPIFFE ID the server saw>
+#   OK <server serial> <key id of the CA that signed the server's leaf> <the SPIFFE ID the server saw> <the serial of
+#   the client certificate the server saw>
 # (the key id tells the old root from the new one: both carry the same name).
 SERVER = '''
 import socket
+from cryptography import x509
+from mtls_operator import pki
 from mtls_operator.workload import server_context, peer_spiffe_id
 listener = socket.create_server(("0.0.0.0", 8443))
 while True:
@@ -41,7 +44,9 @@ while True:
     try:
         with server_context("/identity").wrap_socket(conn, server_side=True) as tls:
             tls.recv(64)
-            tls.sendall((peer_spiffe_id(tls) or "anonymous").encode())
+            der = tls.getpeercert(binary_form=True)
+            serial = pki.serial_hex(x509.load_der_x509_certificate(der)) if der else "-"
+            tls.sendall(f"{peer_spiffe_id(tls) or 'anonymous'} {serial}".encode())
     except Exception as e:
         print("server error:", type(e).__name__, e, flush=True)
 '''
@@ -214,7 +219,7 @@ def test_deployments_keep_mtls_across_renewals_a_root_rotation_and_an_operator_p
           f"the operator pod {victim} deleted mid-rotation ({successor} finished it)")
     assert not failed, failed[:5]
     assert not server_errors, server_errors[:5]
-    assert all(line.endswith(f"spiffe://cluster.local/ns/{ns}/sa/caller") for line in ok)
+    assert all(line.split()[3] == f"spiffe://cluster.local/ns/{ns}/sa/caller" for line in ok)
     assert len(served_serials()) >= 4  # the first certificate and three renewals, one of them from the new root
 
 

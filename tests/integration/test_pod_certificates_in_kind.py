@@ -1,21 +1,36 @@
 """On kind, under a real kubelet: pod certificates. The kubelet makes the key on the node, asks our signer through a
 PodCertificateRequest, and mounts key and chain into the pod next to the signer's ClusterTrustBundle — one projected
 volume with the same three files (tls.key, tls.crt, ca.crt) a Secret-based identity has. A client holding only that
-does strict mTLS with a server holding a Secret-based MtlsIdentity: one CA, two delivery modes.
+does strict mTLS with a server holding a Secret-based MtlsIdentity: one CA, two delivery modes. That pair keeps running
+to the end of the kind session, where the root rotates under it and the kubelet refreshes the client's certificate
+(the e2e's chart values ask for a refresh 10 minutes into a certificate's life).
 
 Runs in the kind e2e (`make kind-e2e`, part of `make test`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+from collections.abc import Iterator
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mtls_operator import pki, podcert
-from tests.integration.test_kind_workloads import _apps, _deployment, _scripts, report
-from tests.kit import Api, InClusterOperator, Kubectl, secret_files, wait_for
+from mtls_operator import pki, podcert, rotation
+from tests.integration.test_kind_workloads import (
+    CA_SECRET,
+    _apps,
+    _cluster_trust_bundle,
+    _deployment,
+    _phase,
+    _scripts,
+    report,
+)
+from tests.integration.test_pod_certificates import _waiting
+from tests.kit import OPERATOR_NAMESPACE, Api, InClusterOperator, Kubectl, secret_files, wait_for
 
 pytestmark = [
     pytest.mark.kind,
@@ -45,9 +60,19 @@ def _logs(kubectl: Kubectl, ns: str, app: str) -> str:
     return kubectl("logs", "-n", ns, f"deployment/{app}", "--tail=-1", check=False).stdout
 
 
-@pytest.mark.timeout(600)
-def test_a_pod_certificate_client_does_mtls_with_a_secret_identity_server(
-        api: Api, kubectl: Kubectl, operator: InClusterOperator, ns: str) -> None:
+def _attempts(kubectl: Kubectl, ns: str) -> list[str]:
+    """The client's lines from its first successful handshake on (see test_kind_workloads for their form)."""
+    lines = [line for line in _logs(kubectl, ns, "client").splitlines() if line.startswith(("OK ", "FAIL"))]
+    first = next((i for i, line in enumerate(lines) if line.startswith("OK ")), len(lines))
+    return lines[first:]
+
+
+@pytest.fixture(scope="session")
+def pod_certificate_pair(api: Api, kubectl: Kubectl, operator: InClusterOperator) -> Iterator[str]:
+    """A server with a Secret-based identity and a client with a pod certificate, talking mTLS, in a namespace of their
+    own: started by the first test that asks and left running until the session ends, so the kubelet's refresh (10
+    minutes in) comes while the other tests run. Yields the namespace."""
+    ns = api.namespace("pc")
     kubectl("label", "namespace", ns, "mtls-operator.io/pod-certificates=enabled")
     _scripts(api, ns)
     for sa in ("server", "client"):
@@ -59,17 +84,23 @@ def test_a_pod_certificate_client_does_mtls_with_a_secret_identity_server(
     apps = _apps(api)
     apps.create_namespaced_deployment(ns, _deployment("server", "server.py", "server-mtls"))
     apps.create_namespaced_deployment(ns, _pod_certificate_deployment("client", env={"SERVER": f"server.{ns}.svc"}))
+    wait_for("an mTLS handshake from the pod-certificate client", lambda: _attempts(kubectl, ns), timeout=240,
+             interval=2)
+    yield ns
 
+
+@pytest.mark.timeout(600)
+def test_a_pod_certificate_client_does_mtls_with_a_secret_identity_server(
+        api: Api, kubectl: Kubectl, pod_certificate_pair: str) -> None:
+    ns = pod_certificate_pair
     # The server saw the client's own ServiceAccount's SPIFFE ID; the client verified the server against the
     # ClusterTrustBundle it mounted.
     own = f"spiffe://cluster.local/ns/{ns}/sa/client"
-    wait_for("an mTLS handshake from the pod-certificate client", lambda: f" {own}" in _logs(kubectl, ns, "client"),
-             timeout=240, interval=2)
-    lines = [line for line in _logs(kubectl, ns, "client").splitlines() if line.startswith(("OK", "FAIL"))]
-    first = next(i for i, line in enumerate(lines) if line.startswith("OK"))
-    failed = [line for line in lines[first:] if line.startswith("FAIL")]
-    report(f"kind pod certificates: {len(lines) - first} handshakes after the first, {len(failed)} failed")
+    attempts = _attempts(kubectl, ns)
+    failed = [line for line in attempts if line.startswith("FAIL")]
+    report(f"kind pod certificates: {len(attempts)} handshakes from the first, {len(failed)} failed")
     assert not failed, failed[:5]
+    assert all(line.split()[3] == own for line in attempts)
 
     # What the kubelet asked and was given: the pod's own ServiceAccount, the key only in the pod.
     issued = [r for r in _requests(api, ns) if podcert.settled(r)]
@@ -86,6 +117,77 @@ def test_a_pod_certificate_client_does_mtls_with_a_secret_identity_server(
     ours = [b for b in bundle if b["spec"].get("signerName") == SIGNER]
     assert len(ours) == 1
     assert {pki.fingerprint(c) for c in pki.load_chain(ours[0]["spec"]["trustBundle"].encode())} == server_bundle
+
+
+def _issued_chains(api: Api, ns: str) -> dict[str, list[x509.Certificate]]:
+    """The client's answered requests, by leaf serial."""
+    chains = {}
+    for r in _requests(api, ns):
+        if r["spec"]["serviceAccountName"] == "client" and r.get("status", {}).get("certificateChain"):
+            chain = pki.load_chain(r["status"]["certificateChain"].encode())
+            chains[pki.serial_hex(chain[0])] = chain
+    return chains
+
+
+def _public_key(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _key_id(cert: x509.Certificate) -> str:
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+
+
+@pytest.mark.kind_finale
+@pytest.mark.timeout(1500)
+def test_pod_certificates_through_a_root_rotation_and_a_kubelet_refresh(
+        api: Api, kubectl: Kubectl, pod_certificate_pair: str) -> None:
+    """Last in the session (it leaves the rotation in Retiring, as designed, for an hour). While the pair talks: the
+    root rotates — the client's projected ClusterTrustBundle gains the new root before the server's leaf moves to it —
+    and the kubelet refreshes the client's certificate with a new key, now signed by the new root. No handshake fails,
+    and the old root stays trusted, because the client's first certificate, signed by it, has not expired."""
+    ns = pod_certificate_pair
+    old_root = pki.load_chain(secret_files(api.secret(OPERATOR_NAMESPACE, CA_SECRET))["ca.crt"])
+    assert len(old_root) == 1, "a root rotation is already under way"
+    first = dict(_issued_chains(api, ns))
+    assert first and all(pki.issued_by(chain[0], old_root[0]) for chain in first.values())
+
+    api.core.patch_namespaced_secret(CA_SECRET, OPERATOR_NAMESPACE, {"metadata": {"annotations": {
+        rotation.ANN_REQUEST: dt.datetime.now(dt.UTC).isoformat()}}})
+    wait_for("the rotation to reach Retiring", lambda: _phase(api) == rotation.Phase.RETIRING.value, timeout=600,
+             interval=2)
+    new_root = next(c for c in pki.load_chain(secret_files(api.secret(OPERATOR_NAMESPACE, CA_SECRET))["ca.crt"])
+                    if c != old_root[0])
+    # The server now holds a leaf from the new root, and the client, whose trust comes only from the projected
+    # ClusterTrustBundle, accepts it.
+    wait_for("the pod-certificate client to meet the server's new-root leaf", lambda: any(
+        line.split()[2] == _key_id(new_root) for line in _attempts(kubectl, ns) if line.startswith("OK ")),
+        timeout=300, interval=5)
+
+    # The kubelet's refresh: a new request from the same pod, with a new key, answered from the new root (a refresh
+    # that came while the old root still signed is answered by it, rightly; the next one then moves), and the server
+    # is shown the new certificate.
+    refreshed = wait_for("the kubelet to refresh the client's certificate from the new root", lambda: {
+        serial: chain for serial, chain in _issued_chains(api, ns).items() if pki.issued_by(chain[0], new_root)},
+        timeout=900, interval=5)
+    old_keys = {_public_key(chain[0]) for chain in first.values()}
+    assert all(_public_key(chain[0]) not in old_keys for chain in refreshed.values())
+    wait_for("the server to see the refreshed certificate", lambda: any(
+        line.split()[4] in refreshed for line in _attempts(kubectl, ns) if line.startswith("OK ")),
+        timeout=180, interval=5)
+
+    attempts = _attempts(kubectl, ns)
+    failed = [line for line in attempts if line.startswith("FAIL")]
+    client_serials = {line.split()[4] for line in attempts if line.startswith("OK ")}
+    report(f"kind pod certificates through a root rotation: {len(attempts)} handshakes, {len(failed)} failed; client "
+           f"certificates seen by the server {len(client_serials)} (a kubelet refresh), phase left in "
+           f"{_phase(api)} until the first one expires")
+    assert not failed, failed[:5]
+    # Held by design: the first certificate is still valid, so the old root stays in every bundle.
+    assert _phase(api) == rotation.Phase.RETIRING.value
+    assert _waiting(api, f"{OPERATOR_NAMESPACE}.{CA_SECRET}").get("reason") == "WaitingForPodCertificates"
+    marks = {pki.fingerprint(c) for c in pki.load_chain(_cluster_trust_bundle(kubectl)["spec"]["trustBundle"]
+                                                          .encode())}
+    assert marks == {pki.fingerprint(old_root[0]), pki.fingerprint(new_root)}
 
 
 @pytest.mark.timeout(300)

@@ -107,7 +107,7 @@ def test_issued_status_meets_the_api_servers_rules(root: ca_mod.CA, max_seconds,
     back, duration = podcert.validity(now, root.cert.not_valid_before_utc, decision.lifetime, Settings().backdate)
     cert = pki.issue_leaf(dataclasses.replace(decision.leaf, duration=duration), decision.public_key, root.cert,
                           root.key, now, back)
-    status = podcert.issued_status(cert, root.chain_pem(), "uid-1", now)
+    status = podcert.issued_status(cert, root.chain_pem(), "uid-1", now, Settings().pod_cert_refresh)
     chain = pki.load_chain(status["certificateChain"].encode())
     leaf = chain[0]
     assert leaf.public_key().public_numbers() == key.public_key().public_numbers()
@@ -128,10 +128,28 @@ def test_issued_status_meets_the_api_servers_rules(root: ca_mod.CA, max_seconds,
 def test_refresh_is_spread_around_two_thirds_and_inside_the_bounds() -> None:
     start = NOW
     for lifetime in (dt.timedelta(hours=1), dt.timedelta(hours=24)):
-        times = [podcert.begin_refresh_at(start, start + lifetime, f"uid-{i}") - start for i in range(200)]
+        times = [podcert.begin_refresh_at(start, start + lifetime, f"uid-{i}", Settings().pod_cert_refresh) - start
+                 for i in range(200)]
         assert min(times) >= max(lifetime * 7 / 12 - dt.timedelta(seconds=1), dt.timedelta(minutes=10))
         assert max(times) <= lifetime * 9 / 12
         assert len(set(times)) > 100  # spread, not one instant for a fleet
+
+
+@pytest.mark.parametrize("fraction,lo,hi", [
+    (0.0, dt.timedelta(minutes=10), dt.timedelta(minutes=10)),  # as early as the API allows
+    (0.5, dt.timedelta(hours=10), dt.timedelta(hours=14)),
+    (1.0, dt.timedelta(hours=23, minutes=50), dt.timedelta(hours=23, minutes=50)),  # as late as it allows
+])
+def test_refresh_fraction_moves_the_refresh_and_the_api_bounds_hold(fraction, lo, hi) -> None:
+    lifetime = dt.timedelta(hours=24)
+    times = {podcert.begin_refresh_at(NOW, NOW + lifetime, f"uid-{i}", fraction) - NOW for i in range(50)}
+    assert lo - dt.timedelta(seconds=1) <= min(times) and max(times) <= hi
+
+
+def test_a_refresh_fraction_outside_zero_to_one_is_refused() -> None:
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="pod-cert-refresh"):
+            Settings(pod_cert_refresh=bad).check()
 
 
 def test_answered_requests_are_never_touched_again() -> None:

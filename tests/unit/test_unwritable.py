@@ -81,3 +81,28 @@ def test_a_refused_write_is_reported_backed_off_and_retried_with_the_same_key(id
         assert not r.servable(key)  # left out of rotation waits
         assert waits[0] >= 10 and waits[1] == 2 * waits[0] and waits[2] == 2 * waits[1], waits  # backs off
     asyncio.run(run())
+
+
+class SchemaRefusingKube(RefusingKube):
+    """Refuses every status write, as the API server does for an object stored before the CRD's schema tightened."""
+
+    async def patch_identity_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.statuses.append(patch)
+        raise ApiError(422, "Invalid", "spec.duration: Invalid value")
+
+
+def test_a_status_the_api_server_refused_is_not_tried_again_for_the_same_spec() -> None:
+    """Whatever brings the object back (a CA change, a bundle event, a resync), the API server will refuse the same
+    write: one attempt per spec generation, so a tenant's stale objects cost nothing after the first look."""
+    async def run() -> None:
+        kube = SchemaRefusingKube()
+        r = Reconciler(Settings(), kube, clock=lambda: NOW)  # type: ignore[arg-type]
+        body = {"metadata": {"namespace": "shop", "name": "old", "uid": UID, "generation": 1}, "spec": {}}
+        for _ in range(3):
+            await r._report_failure(body, status.Ready.INVALID_SPEC, "spec.duration 'forever' is not a duration")
+        assert len(kube.statuses) == 1
+        newer = {**body, "metadata": {**body["metadata"], "generation": 2}}
+        await r._report_failure(newer, status.Ready.INVALID_SPEC, "still not a duration")
+        assert len(kube.statuses) == 2
+        await asyncio.gather(*list(r._tasks), return_exceptions=True)
+    asyncio.run(run())
