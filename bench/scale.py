@@ -6,9 +6,12 @@ For each N (default 100 and 1000), on a fresh local control plane:
   - API writes per issuance, counted exactly from the API server's audit log (the bench's own creates excluded);
   - the operator's peak RSS and CPU seconds (from /proc);
   - renewal lateness: R short-lived identities renew while the N sit idle; how late each renewal's Ready arrives after
-    its renewalTime, and the scheduler's own firing lateness (from the operator's metrics).
+    its renewalTime, and the scheduler's own firing lateness (from the operator's metrics);
+  - the API floor (api_floor): the operator's writes per identity made by a bare client, best of 8/16/32 threads, and
+    the operator's time for a standing backlog of N as a ratio of it.
 
 Usage: python bench/scale.py [--n 100 --n 1000] [--renewals 50] [--json out.json]
+       python bench/scale.py --n 10000 --namespaces 100     (the many-namespace backlog and restart only)
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class ReadyWatch:
-    """Records, from a watch stream, when each identity was first seen Ready and with which serial."""
+    """Records, from a watch stream, when each identity was first seen Ready and with which serial. Namespace None
+    watches every namespace (keys are then namespace/name)."""
 
-    def __init__(self, api: Api, namespace: str) -> None:
+    def __init__(self, api: Api, namespace: str | None) -> None:
         self.api, self.namespace = api, namespace
         self.ready_at: dict[str, float] = {}
         self.serials: dict[str, list[tuple[float, str, str]]] = {}  # name -> [(seen, serial, renewalTime)]
@@ -53,8 +57,9 @@ class ReadyWatch:
         version = ""
         while not self._stop:
             try:
-                for event in watch.stream(self.api.custom.list_namespaced_custom_object, GROUP, VERSION,
-                                          self.namespace, PLURAL, resource_version=version, timeout_seconds=60):
+                scope = ((self.api.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL)
+                         if self.namespace else (self.api.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL))
+                for event in watch.stream(*scope, resource_version=version, timeout_seconds=60):
                     obj = event["object"]
                     version = obj["metadata"]["resourceVersion"]
                     status = obj.get("status") or {}
@@ -63,7 +68,8 @@ class ReadyWatch:
                     if not ready:
                         continue
                     now = time.monotonic()
-                    name = obj["metadata"]["name"]
+                    name = obj["metadata"]["name"] if self.namespace else "/".join(
+                        (obj["metadata"]["namespace"], obj["metadata"]["name"]))
                     self.ready_at.setdefault(name, now)
                     seen = self.serials.setdefault(name, [])
                     if not seen or seen[-1][1] != status.get("serialNumber"):
@@ -94,6 +100,49 @@ def percentile(values: list[float], p: float) -> float:
 def scrape(operator: OperatorProcess, name: str) -> dict[str, float]:
     text = operator.metrics()
     return {m.group(1): float(m.group(2)) for m in re.finditer(rf"^{name}_(sum|count) ([0-9.e+-]+)$", text, re.M)}
+
+
+def api_floor(api: Api, kubeconfig: Path, n: int, template: dict, status: dict) -> dict:
+    """The API server's floor for a standing backlog of n identities: a bare client (no reads, no signing, no
+    framework) makes the writes the operator makes per identity — the Secret (the same bytes as one the operator
+    wrote), the status (the same fields), an Event — for n identities that already exist, at each concurrency tried.
+    The best time is the floor; the operator's time for its own backlog is reported as a ratio of it."""
+    namespace = "floor"
+    api.core.create_namespace({"metadata": {"name": namespace}})
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity", "spec": {"serviceAccountName": "bench"}}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: api.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, {**body, "metadata": {"name": f"f{i:05d}"}}), range(n)))
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": template["type"], "data": template["data"],
+              "metadata": {"labels": template["metadata"].get("labels", {})}}
+    times = {}
+    for threads in (8, 16, 32):
+        config = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(str(kubeconfig), client_configuration=config)
+        config.connection_pool_maxsize = threads
+        client = kubernetes.client.ApiClient(config)
+        core, custom = kubernetes.client.CoreV1Api(client), kubernetes.client.CustomObjectsApi(client)
+
+        def one(i: int, threads: int = threads, core=core, custom=custom) -> None:
+            name = f"f{i:05d}"
+            core.create_namespaced_secret(namespace, {**secret, "metadata": {
+                **secret["metadata"], "name": f"{name}-{threads}"}})
+            custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": {
+                **status, "revision": threads}})
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            core.create_namespaced_event(namespace, {
+                "metadata": {"generateName": f"{name}."}, "type": "Normal", "reason": "Issued",
+                "message": f"issued serial {status.get('serialNumber')}", "firstTimestamp": now, "lastTimestamp": now,
+                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity", "name": name,
+                                   "namespace": namespace}, "source": {"component": "bench-floor"}, "count": 1})
+
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, range(n)))
+        times[threads] = round(time.monotonic() - start, 2)
+        client.close()
+    best = min(times, key=times.get)
+    return {"floor_seconds": times[best], "floor_threads": best, "floor_seconds_by_threads": times}
 
 
 def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...] = ()) -> dict:
@@ -195,8 +244,13 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
             result["operator_cpu_seconds_end"] = round(cpu, 1)
 
             # Backlog: N identities already exist when the operator starts (the operator's own throughput, without the
-            # client's create rate), and a restart must reissue none of the N it already served.
+            # client's create rate), and a restart must reissue none of the N it already served. Its floor first, with
+            # the operator stopped: the same writes by a bare client.
             operator.stop()
+            sample = api.identity("bench", "id00000")
+            result.update(api_floor(api, local.kubeconfig, n, api.core.api_client.sanitize_for_serialization(
+                api.core.read_namespaced_secret(sample["spec"].get("secretName") or "id00000-mtls", "bench")),
+                sample["status"]))
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 list(pool.map(lambda i: api.custom.create_namespaced_custom_object(
                     GROUP, VERSION, "backlog", PLURAL, {**body, "metadata": {"name": f"b{i:05d}"}}), range(n)))
@@ -212,10 +266,88 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
             if len(bwatch.ready_at) == n:
                 last = max(bwatch.ready_at.values())
                 result["backlog_all_ready_seconds_from_operator_start"] = round(last - start, 2)
+                result["backlog_ratio_to_floor"] = round((last - start) / result["floor_seconds"], 2)
             result["restart_writes_for_served_identities"] = len(bench_writes()) - served_writes
             rss, cpu = proc_usage(operator.proc.pid)
             result["backlog_operator_peak_rss_mib"] = round(rss, 1)
             result["backlog_operator_cpu_seconds"] = round(cpu, 1)
+        finally:
+            operator.stop()
+    return result
+
+
+def until_idle(pid: int, deadline: float, window: float = 1.0, busy: float = 0.05) -> float:
+    """Waits until the process spends less than `busy` CPU seconds in a `window`; returns when that window began."""
+    _, last = proc_usage(pid)
+    began = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        _, cpu = proc_usage(pid)
+        if cpu - last < busy:
+            return began
+        last, began = cpu, time.monotonic()
+    raise TimeoutError("the operator never went idle")
+
+
+def run_large(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, ...] = ()) -> dict:
+    """Many identities over many namespaces (issue 12: 10,000 in 100): a standing backlog issued from the operator's
+    start, its peak RSS, then a restart — what it writes for identities it already served (nothing, it must be) and
+    how soon it is idle again, with its peak RSS during that initial list."""
+    result: dict = {"n": n, "namespaces": namespaces, "operator_args": " ".join(operator_args)}
+    with cluster.LocalCluster(kubeconfig=workdir / "kubeconfig-large") as local:
+        kubectl = Kubectl(cluster.bin_dir() / "kubectl", local.kubeconfig)
+        api = Api(local.kubeconfig)
+        kubectl("apply", "-f", str(REPO / "crds"))
+        kubectl("wait", "--for=condition=Established", "crd/mtlsidentities.mtls-operator.io")
+        api.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+        spaces = [f"large-{i:03d}" for i in range(namespaces)]
+        for namespace in spaces:
+            api.core.create_namespace({"metadata": {"name": namespace}})
+            api.service_account(namespace, "bench")
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity", "spec": {"serviceAccountName": "bench"}}
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: api.custom.create_namespaced_custom_object(
+                GROUP, VERSION, spaces[i % namespaces], PLURAL, {**body, "metadata": {"name": f"l{i:05d}"}}),
+                range(n)))
+        result["create_seconds"] = round(time.monotonic() - start, 1)
+
+        def operator_writes() -> int:
+            return sum(1 for e in local.writes() if e.get("objectRef", {}).get("namespace", "").startswith("large-")
+                       and e["user"]["username"] != "system:kube-controller-manager"
+                       and not (e["objectRef"].get("resource") in ("mtlsidentities", "serviceaccounts")
+                                and e["verb"] == "create"))
+
+        log_dir = workdir / "logs-large"
+        log_dir.mkdir()
+        operator = OperatorProcess(local.kubeconfig, log_dir, ("--min-duration", "10s", *operator_args))
+        watch = ReadyWatch(api, None)
+        result["load_before"] = os.getloadavg()[0]
+        start = time.monotonic()
+        operator.start()
+        try:
+            deadline = start + 900
+            while len(watch.ready_at) < n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            watch.stop()
+            result["ready"] = len(watch.ready_at)
+            if len(watch.ready_at) == n:
+                result["backlog_all_ready_seconds_from_operator_start"] = round(max(watch.ready_at.values()) - start,
+                                                                                1)
+            rss, cpu = proc_usage(operator.proc.pid)
+            result["operator_peak_rss_mib"] = round(rss, 1)
+            result["operator_cpu_seconds"] = round(cpu, 1)
+            until_idle(operator.proc.pid, time.monotonic() + 300)
+            served = operator_writes()
+            result["writes_per_identity"] = round(served / n, 2)
+            operator.stop()
+            start = time.monotonic()
+            operator.start()
+            result["restart_idle_seconds_from_start"] = round(until_idle(operator.proc.pid, start + 600) - start, 1)
+            rss, cpu = proc_usage(operator.proc.pid)
+            result["restart_peak_rss_mib"] = round(rss, 1)
+            result["restart_cpu_seconds"] = round(cpu, 1)
+            result["restart_writes"] = operator_writes() - served
         finally:
             operator.stop()
     return result
@@ -227,11 +359,17 @@ def main() -> None:
     parser.add_argument("--renewals", type=int, default=50)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--operator-arg", action="append", default=[], help="passed to mtls-operator run")
+    parser.add_argument("--namespaces", type=int, default=0,
+                        help="spread each N over this many namespaces: the standing-backlog and restart run only")
     args = parser.parse_args()
     cluster.ensure_binaries()
     results = []
     with tempfile.TemporaryDirectory(prefix="mtls-bench-") as tmp:
-        for n in args.n or [100, 1000]:
+        for n in args.n if args.namespaces else []:
+            res = run_large(n, args.namespaces, Path(tmp), tuple(args.operator_arg))
+            print(json.dumps(res, indent=2), flush=True)
+            results.append(res)
+        for n in [] if args.namespaces else args.n or [100, 1000]:
             res = run_one(n, args.renewals, Path(tmp), tuple(args.operator_arg))
             print(json.dumps(res, indent=2), flush=True)
             results.append(res)

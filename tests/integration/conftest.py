@@ -47,9 +47,23 @@ def operator_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 IN_CLUSTER = os.environ.get("MTLS_OPERATOR") == "in-cluster"
 
 
+def _order(item: pytest.Item) -> int:
+    """In kind: the Secret workloads first (their root rotation must end before any pod certificate is signed under
+    that root, or its Retiring phase would wait for it), then the pod-certificate pair starts, and the rest of the suite
+    runs while the pair's certificate ages towards the kubelet's refresh. Last, anywhere: tests that leave the cluster
+    changed for good (a root rotation held in Retiring)."""
+    if "kind_finale" in item.keywords:
+        return 3
+    module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+    if IN_CLUSTER and module == "test_kind_workloads.py":
+        return 0
+    if IN_CLUSTER and module == "test_pod_certificates_in_kind.py":
+        return 1
+    return 2
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Tests that leave the cluster changed for good (a root rotation held in Retiring) run after all others.
-    items.sort(key=lambda item: "kind_finale" in item.keywords)
+    items.sort(key=_order)
     if IN_CLUSTER:
         skip = pytest.mark.skip(reason="starts, stops or swaps the operator process; the operator runs in-cluster")
         for item in items:

@@ -182,7 +182,7 @@ def test_deployments_keep_mtls_across_renewals_a_root_rotation_and_an_operator_p
     old_root = pki.load_chain(secret_files(api.secret(OPERATOR_NAMESPACE, CA_SECRET))["ca.crt"])
     assert len(old_root) == 1
     # By design, a root is retired only after the last pod certificate signed under it has expired (an hour at least):
-    # this test runs before the suite's pod-certificate tests (file order), so none has been signed under this root.
+    # in kind this module runs first (tests/integration/conftest.py), so none has been signed under this root.
     marks = clustertrustbundle.signed_until(_cluster_trust_bundle(kubectl))
     assert pki.fingerprint(old_root[0])[:16] not in marks, "pod certificates were signed before this test"
     api.core.patch_namespaced_secret(CA_SECRET, OPERATOR_NAMESPACE, {"metadata": {"annotations": {
