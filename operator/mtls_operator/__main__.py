@@ -191,6 +191,9 @@ def _tune_gc() -> None:
     collector scanned the same survivors over and over, about a tenth of the CPU spent per identity (bench/profile.py).
     What exists after the imports is frozen out of collection (modules, classes: never garbage), and collections are
     rarer; the memory they free is small and bounded by the thresholds."""
+    from . import handlers, leader, metricsserver  # noqa: F401 (imported by _operate anyway: here, before the freeze)
+
+    gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 

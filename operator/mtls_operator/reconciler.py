@@ -159,7 +159,9 @@ class Reconciler:
         self._blocked: set[Key] = set()  # identities whose last look ended in a refusal (policy, spec, conflict...)
         self._views: dict[Key, tuple[tuple[str, str], tlssecret.SecretView]] = {}
         self._specs: dict[Key, tuple[tuple[str, int], IdentitySpec | InvalidSpec]] = {}
-        self._unwritable: dict[Key, int] = {}  # identity -> generation whose status the API server refuses
+        # identity -> (uid, generation) whose status the API server refuses: a recreated object of the same name (its
+        # deletion perhaps unseen while a watch was down) has another uid, and starts afresh.
+        self._unwritable: dict[Key, tuple[str, int]] = {}
         self._refused_writes: dict[Key, int] = {}  # identity -> Secret writes refused in a row (SecretUnwritable)
         # identity -> a key made for a write that was refused: it never left this process, so the retry reuses it
         # instead of making a new one each time.
@@ -839,10 +841,11 @@ class Reconciler:
             self._blocked.add(key)
         previous = body.get("status") or {}
         generation = body["metadata"].get("generation", 0)
+        version = (body["metadata"].get("uid", ""), generation)
         desired = status.failed(previous, reason, message, generation, self.clock())
         metrics.identity_ready.labels(*key).set(0)
-        if self._unwritable.get(key) == generation:
-            return  # refused already: only a new spec (a new generation) can make the object writable again
+        if self._unwritable.get(key) == version:
+            return  # refused already: only a new spec (a new generation) or a new object can be written
         try:
             changed = await self._set_status(key, body, desired)
         except ApiError as e:
@@ -851,8 +854,8 @@ class Reconciler:
             # The API server refuses every write to this object as it stands: it was stored before the schema
             # tightened and its spec now fails the CRD's rules. An Event is the only way left to tell the user, once
             # per generation; retrying is pointless until the spec changes, which brings the object back anyway.
-            if self._unwritable.get(key) != generation:
-                self._unwritable[key] = generation
+            if self._unwritable.get(key) != version:
+                self._unwritable[key] = version
                 metrics.failures.labels(reason).inc()
                 log.error("%s/%s: %s; its status cannot be written (%s)", *key, message, e.message)
                 self.post_event(body, KIND, "Warning", reason,

@@ -104,5 +104,9 @@ def test_a_status_the_api_server_refused_is_not_tried_again_for_the_same_spec() 
         newer = {**body, "metadata": {**body["metadata"], "generation": 2}}
         await r._report_failure(newer, status.Ready.INVALID_SPEC, "still not a duration")
         assert len(kube.statuses) == 2
+        # Deleted (unseen) and created again under the same name: another object, looked at afresh.
+        recreated = {**body, "metadata": {**body["metadata"], "uid": "another-uid"}}
+        await r._report_failure(recreated, status.Ready.INVALID_SPEC, "spec.duration 'forever' is not a duration")
+        assert len(kube.statuses) == 3
         await asyncio.gather(*list(r._tasks), return_exceptions=True)
     asyncio.run(run())
