@@ -165,10 +165,14 @@ def next_step(state: State, root_not_after: dt.datetime, now: dt.datetime, timin
         return None, due
     if state.phase is Phase.PROPAGATING:
         settled = progress.bundles_current_since
-        ready_at = max(since, settled or now) + timing.propagation
-        if settled is not None and now >= ready_at:
+        if settled is None:
+            # Bundles still being written: look again soon, so the propagation time starts when the last one is
+            # current, not a whole propagation time after this look.
+            return None, now + dt.timedelta(seconds=1)
+        ready_at = max(since, settled) + timing.propagation
+        if now >= ready_at:
             return Step.PROMOTE, None
-        return None, max(ready_at, now + dt.timedelta(seconds=1))
+        return None, ready_at
     if state.phase is Phase.REISSUING:
         if (progress.old_issuer == 0 and progress.stale_bundle == 0) or progress.stalled:
             return Step.RETIRE, None

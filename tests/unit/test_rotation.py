@@ -32,7 +32,10 @@ def test_propagation_waits_its_full_time_after_the_last_bundle_was_written() -> 
     assert rotation.next_step(state, FAR, NOW + dt.timedelta(minutes=2), TIMING, current) == \
         (None, NOW + TIMING.propagation)
     late = NOW + dt.timedelta(minutes=4)
-    assert rotation.next_step(state, FAR, late, TIMING, Progress(stale_bundle=3, old_issuer=0))[0] is None
+    # While bundles are still being written the next look is soon: the propagation time must start when the last one
+    # is current, not a whole propagation time after a look that found some stale.
+    assert rotation.next_step(state, FAR, late, TIMING, Progress(stale_bundle=3, old_issuer=0)) == \
+        (None, late + dt.timedelta(seconds=1))
     assert rotation.next_step(state, FAR, late, TIMING, current)[0] is Step.PROMOTE
     # The last bundle was written late: the kubelet still gets the whole propagation time after it.
     slow = Progress(0, 0, bundles_current_since=late)
