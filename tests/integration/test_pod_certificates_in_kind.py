@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -72,6 +73,7 @@ def _attempts(kubectl: Kubectl, ns: str) -> list[str]:
 class Pair:
     namespace: str
     first: x509.Certificate  # the client's first certificate (its request is deleted by the API server after 15 min)
+    started: float  # time.monotonic() of the first handshake
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +95,7 @@ def pod_certificate_pair(api: Api, kubectl: Kubectl, operator: InClusterOperator
     apps.create_namespaced_deployment(ns, _pod_certificate_deployment("client", env={"SERVER": f"server.{ns}.svc"}))
     attempts = wait_for("an mTLS handshake from the pod-certificate client", lambda: _attempts(kubectl, ns),
                         timeout=240, interval=2)
-    yield Pair(ns, _issued_chains(api, ns)[_client_serials(attempts)[0]][0])
+    yield Pair(ns, _issued_chains(api, ns)[_client_serials(attempts)[0]][0], time.monotonic())
 
 
 @pytest.mark.timeout(600)
@@ -162,10 +164,12 @@ def test_pod_certificates_through_a_root_rotation_and_a_kubelet_refresh(
     assert len(old_root) == 1, "a root rotation is already under way"
     assert pki.issued_by(first, old_root[0])
 
+    requested = time.monotonic()
     api.core.patch_namespaced_secret(CA_SECRET, OPERATOR_NAMESPACE, {"metadata": {"annotations": {
         rotation.ANN_REQUEST: dt.datetime.now(dt.UTC).isoformat()}}})
     wait_for("the rotation to reach Retiring", lambda: _phase(api) == rotation.Phase.RETIRING.value, timeout=600,
              interval=2)
+    retiring = time.monotonic()
     new_root = next(c for c in pki.load_chain(secret_files(api.secret(OPERATOR_NAMESPACE, CA_SECRET))["ca.crt"])
                     if c != old_root[0])
     # The server now holds a leaf from the new root, and the client, whose trust comes only from the projected
@@ -179,6 +183,7 @@ def test_pod_certificates_through_a_root_rotation_and_a_kubelet_refresh(
     # shown the new certificate.
     serials = wait_for("the server to be shown the kubelet's refreshed certificate", lambda: (
         s := _client_serials(_attempts(kubectl, ns))) and len(s) >= 2 and s, timeout=900, interval=5)
+    refreshed_at = time.monotonic()
     refreshed = _issued_chains(api, ns)[serials[1]]
     assert _public_key(refreshed[0]) != _public_key(first)
     signer = "new" if pki.issued_by(refreshed[0], new_root) else "old"
@@ -188,7 +193,10 @@ def test_pod_certificates_through_a_root_rotation_and_a_kubelet_refresh(
     failed = [line for line in attempts if line.startswith("FAIL")]
     report(f"kind pod certificates through a kubelet refresh (signed by the {signer} root) and a root rotation: "
            f"{len(attempts)} handshakes, {len(failed)} failed; client certificates shown to the server "
-           f"{len(serials)}; phase left in {_phase(api)} until the last certificate of the old root expires")
+           f"{len(serials)}; phase left in {_phase(api)} until the last certificate of the old root expires. Times: "
+           f"the pair's age at the rotation's request {requested - pod_certificate_pair.started:.0f} s, Retiring "
+           f"{retiring - requested:.0f} s later, the refreshed certificate seen at the pair's age "
+           f"{refreshed_at - pod_certificate_pair.started:.0f} s")
     assert not failed, failed[:5]
     # Held by design: the last certificate the old root signed is still valid, so that root stays in every bundle.
     assert _phase(api) == rotation.Phase.RETIRING.value
