@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
 import re
 import shutil
 import signal
@@ -27,8 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "hack"), str(REPO / "bench")]
 
 import cluster  # noqa: E402
-from scale import proc_usage  # noqa: E402
-from tests.kit import GROUP, OPERATOR_NAMESPACE, PLURAL, VERSION, Api, Kubectl, OperatorProcess, wait_for  # noqa: E402
+from scale import create_identities, prepare, proc_usage  # noqa: E402
+from tests.kit import GROUP, PLURAL, VERSION, Api, OperatorProcess, wait_for  # noqa: E402
 
 
 def ready_count(api: Api, namespace: str) -> int:
@@ -79,14 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mtls-profile-") as tmp:
         workdir = Path(tmp)
         with cluster.LocalCluster(kubeconfig=workdir / "kubeconfig") as local:
-            kubectl = Kubectl(cluster.bin_dir() / "kubectl", local.kubeconfig)
-            api = Api(local.kubeconfig)
-            kubectl("apply", "-f", str(REPO / "crds"))
-            kubectl("wait", "--for=condition=Established", "crd/mtlsidentities.mtls-operator.io")
-            for namespace in (OPERATOR_NAMESPACE, "profile"):
-                api.core.create_namespace({"metadata": {"name": namespace}})
-            api.service_account("profile", "bench")
-            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity", "spec": {"serviceAccountName": "bench"}}
+            _, api = prepare(local, ["profile"])
             stacks = args.raw or workdir / "stacks.txt"
             operator = OperatorProcess(local.kubeconfig, workdir, tuple(args.operator_arg)).start()
             try:
@@ -96,10 +88,7 @@ def main() -> None:
                                             "--format", "raw", "--output", str(stacks), "--nonblocking"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 start = time.monotonic()
-                with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                    list(pool.map(lambda i: api.custom.create_namespaced_custom_object(
-                        GROUP, VERSION, "profile", PLURAL, {**body, "metadata": {"name": f"p{i:05d}"}}),
-                        range(args.n)))
+                create_identities(api, args.n, lambda i: ("profile", f"p{i:05d}"))
                 wait_for(f"{args.n} identities Ready", lambda: ready_count(api, "profile") == args.n, timeout=600,
                          interval=0.2)
                 elapsed = time.monotonic() - start

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +39,39 @@ import cluster  # noqa: E402
 from tests.kit import GROUP, OPERATOR_NAMESPACE, PLURAL, VERSION, Api, Kubectl, OperatorProcess, wait_for  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Every bench identity names the ServiceAccount "bench" (identities must name an existing one); SPIFFE IDs coincide.
+IDENTITY = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity", "spec": {"serviceAccountName": "bench"}}
+
+
+def prepare(local: cluster.LocalCluster, namespaces: list[str]) -> tuple[Kubectl, Api]:
+    """A fresh control plane made ready: the CRDs established, the operator's namespace, and these namespaces, each
+    with the ServiceAccount "bench"."""
+    kubectl = Kubectl(cluster.bin_dir() / "kubectl", local.kubeconfig)
+    api = Api(local.kubeconfig)
+    kubectl("apply", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd/mtlsidentities.mtls-operator.io")
+    api.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+    for namespace in namespaces:
+        api.core.create_namespace({"metadata": {"name": namespace}})
+        api.service_account(namespace, "bench")
+    return kubectl, api
+
+
+def create_identities(api: Api, n: int, where: Callable[[int], tuple[str, str]], threads: int = 8,
+                      created: Callable[[str], None] | None = None) -> float:
+    """Creates n identities, the i-th at where(i) = (namespace, name), from `threads` client threads, calling
+    created(name) as each create is acknowledged; returns the seconds it took."""
+    def one(i: int) -> None:
+        namespace, name = where(i)
+        api.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
+            **IDENTITY, "metadata": {"name": name}})
+        if created:
+            created(name)
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(n)))
+    return time.monotonic() - start
 
 
 class ReadyWatch:
@@ -109,10 +143,7 @@ def api_floor(api: Api, kubeconfig: Path, n: int, template: dict, status: dict) 
     The best time is the floor; the operator's time for its own backlog is reported as a ratio of it."""
     namespace = "floor"
     api.core.create_namespace({"metadata": {"name": namespace}})
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity", "spec": {"serviceAccountName": "bench"}}
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: api.custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, {**body, "metadata": {"name": f"f{i:05d}"}}), range(n)))
+    create_identities(api, n, lambda i: (namespace, f"f{i:05d}"))
     secret = {"apiVersion": "v1", "kind": "Secret", "type": template["type"], "data": template["data"],
               "metadata": {"labels": template["metadata"].get("labels", {})}}
     times = {}
@@ -152,14 +183,7 @@ def api_floor(api: Api, kubeconfig: Path, n: int, template: dict, status: dict) 
 def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...] = ()) -> dict:
     result: dict = {"n": n, "operator_args": " ".join(operator_args)}
     with cluster.LocalCluster(kubeconfig=workdir / f"kubeconfig-{n}") as local:
-        kubectl = Kubectl(cluster.bin_dir() / "kubectl", local.kubeconfig)
-        api = Api(local.kubeconfig)
-        kubectl("apply", "-f", str(REPO / "crds"))
-        kubectl("wait", "--for=condition=Established", "crd/mtlsidentities.mtls-operator.io")
-        api.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-        api.core.create_namespace({"metadata": {"name": "bench"}})
-        api.core.create_namespace({"metadata": {"name": "renew"}})
-        api.core.create_namespace({"metadata": {"name": "backlog"}})
+        _, api = prepare(local, ["bench", "renew", "backlog"])
         log_dir = workdir / f"logs-{n}"
         log_dir.mkdir()
         operator = OperatorProcess(local.kubeconfig, log_dir, ("--min-duration", "10s", *operator_args))
@@ -167,22 +191,10 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
         try:
             watch = ReadyWatch(api, "bench")
             created_at: dict[str, float] = {}
-            # One ServiceAccount for all (identities must name an existing one); the SPIFFE IDs coincide.
-            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity",
-                    "spec": {"serviceAccountName": "bench"}}
-            for namespace in ("bench", "renew", "backlog"):
-                api.service_account(namespace, "bench")
-
-            def create(i: int) -> None:
-                name = f"id{i:05d}"
-                api.custom.create_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL,
-                                                           {**body, "metadata": {"name": name}})
-                created_at[name] = time.monotonic()
-
             start = time.monotonic()
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                list(pool.map(create, range(n)))
-            result["create_seconds"] = round(time.monotonic() - start, 2)
+            result["create_seconds"] = round(create_identities(
+                api, n, lambda i: ("bench", f"id{i:05d}"),
+                created=lambda name: created_at.__setitem__(name, time.monotonic())), 2)
             deadline = time.monotonic() + max(120, n / 5)
             while len(watch.ready_at) < n and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -222,8 +234,8 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
                 rwatch = ReadyWatch(api, "renew")
                 for i in range(renewals):
                     api.custom.create_namespaced_custom_object(GROUP, VERSION, "renew", PLURAL, {
-                        **body, "metadata": {"name": f"r{i:03d}"},
-                        "spec": {**body["spec"], "duration": "20s", "renewBefore": "10s"}})
+                        **IDENTITY, "metadata": {"name": f"r{i:03d}"},
+                        "spec": {**IDENTITY["spec"], "duration": "20s", "renewBefore": "10s"}})
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline and sum(len(v) >= 2 for v in rwatch.serials.values()) < renewals:
                     time.sleep(0.1)
@@ -255,9 +267,7 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
             result.update(api_floor(api, local.kubeconfig, n, api.core.api_client.sanitize_for_serialization(
                 api.core.read_namespaced_secret(sample["spec"].get("secretName") or "id00000-mtls", "bench")),
                 sample["status"]))
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda i: api.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, "backlog", PLURAL, {**body, "metadata": {"name": f"b{i:05d}"}}), range(n)))
+            create_identities(api, n, lambda i: ("backlog", f"b{i:05d}"))
             served_writes = len(bench_writes())
             bwatch = ReadyWatch(api, "backlog")
             start = time.monotonic()
@@ -312,22 +322,10 @@ def run_large(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, 
     how soon it is idle again, with its peak RSS during that initial list."""
     result: dict = {"n": n, "namespaces": namespaces, "operator_args": " ".join(operator_args)}
     with cluster.LocalCluster(kubeconfig=workdir / "kubeconfig-large") as local:
-        kubectl = Kubectl(cluster.bin_dir() / "kubectl", local.kubeconfig)
-        api = Api(local.kubeconfig)
-        kubectl("apply", "-f", str(REPO / "crds"))
-        kubectl("wait", "--for=condition=Established", "crd/mtlsidentities.mtls-operator.io")
-        api.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
         spaces = [f"large-{i:03d}" for i in range(namespaces)]
-        for namespace in spaces:
-            api.core.create_namespace({"metadata": {"name": namespace}})
-            api.service_account(namespace, "bench")
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MtlsIdentity", "spec": {"serviceAccountName": "bench"}}
-        start = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda i: api.custom.create_namespaced_custom_object(
-                GROUP, VERSION, spaces[i % namespaces], PLURAL, {**body, "metadata": {"name": f"l{i:05d}"}}),
-                range(n)))
-        result["create_seconds"] = round(time.monotonic() - start, 1)
+        _, api = prepare(local, spaces)
+        result["create_seconds"] = round(create_identities(
+            api, n, lambda i: (spaces[i % namespaces], f"l{i:05d}"), threads=16), 1)
 
         def operator_writes() -> int:
             return sum(1 for e in local.writes() if e.get("objectRef", {}).get("namespace", "").startswith("large-")
