@@ -40,8 +40,7 @@ demo: venv ## the local demo: control plane, CRD, operator, identities, a real m
 
 test: venv bin lint ## lint; unit, chart and integration tests on Kubernetes 1.37 and 1.35; the kind e2e (operator as a pod)
 	$(PY) -m pytest
-	MTLS_KUBE_VERSION=1.35 $(PY) -m pytest -m "integration and not fault_timing" -p no:cacheprovider
-	hack/kind-e2e.sh
+	hack/kind-e2e-with-1.35.sh
 
 test-unit: venv ## unit tests only
 	$(PY) -m pytest tests/unit

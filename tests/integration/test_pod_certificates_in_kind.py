@@ -32,7 +32,15 @@ from tests.integration.test_kind_workloads import (
     report,
 )
 from tests.integration.test_pod_certificates import _waiting
-from tests.kit import OPERATOR_NAMESPACE, Api, InClusterOperator, Kubectl, secret_files, wait_for
+from tests.kit import (
+    OPERATOR_NAMESPACE,
+    Api,
+    InClusterOperator,
+    Kubectl,
+    only_waiting_from_here,
+    secret_files,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.kind,
@@ -167,6 +175,8 @@ def test_pod_certificates_through_a_root_rotation_and_a_kubelet_refresh(
     requested = time.monotonic()
     api.core.patch_namespaced_secret(CA_SECRET, OPERATOR_NAMESPACE, {"metadata": {"annotations": {
         rotation.ANN_REQUEST: dt.datetime.now(dt.UTC).isoformat()}}})
+    # From here this session mostly waits for clocks: the rotation's phases, then the kubelet's refresh.
+    only_waiting_from_here()
     wait_for("the rotation to reach Retiring", lambda: _phase(api) == rotation.Phase.RETIRING.value, timeout=600,
              interval=2)
     retiring = time.monotonic()
