@@ -12,6 +12,7 @@ For each N (default 100 and 1000), on a fresh local control plane:
 
 Usage: python bench/scale.py [--n 100 --n 1000] [--renewals 50] [--json out.json]
        python bench/scale.py --n 10000 --namespaces 100     (the many-namespace backlog and restart only)
+       python bench/scale.py --n 10000 --namespaces 100 --renewal-wave   (every renewal due at once: run_wave)
 """
 
 from __future__ import annotations
@@ -372,6 +373,88 @@ def run_large(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, 
     return result
 
 
+def run_wave(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, ...] = ()) -> dict:
+    """A renewal wave (issue 12): n identities whose renewals all fall due together, as after an outage of the
+    operator. They are issued with a 30-minute lifetime renewed 25 minutes before its end (due 2.5-5 minutes after
+    issuance, the jitter included); the operator is stopped once all are Ready and started again when every renewal
+    is due. Measured: the time until every identity shows a new serial, 429 answers to its writes (audit log), and a
+    newcomer's create -> Ready in another namespace every 2 s during the wave, against the same idle."""
+    result: dict = {"n": n, "namespaces": namespaces, "operator_args": " ".join(operator_args)}
+    with cluster.LocalCluster(kubeconfig=workdir / "kubeconfig-wave") as local:
+        spaces = [f"wave-{i:03d}" for i in range(namespaces)]
+        _, api = prepare(local, [*spaces, "newcomers"])
+
+        def one(i: int) -> None:
+            api.custom.create_namespaced_custom_object(GROUP, VERSION, spaces[i % namespaces], PLURAL, {
+                **IDENTITY, "metadata": {"name": f"w{i:05d}"},
+                "spec": {**IDENTITY["spec"], "duration": "30m", "renewBefore": "25m"}})
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(one, range(n)))
+        log_dir = workdir / "logs-wave"
+        log_dir.mkdir()
+        operator = OperatorProcess(local.kubeconfig, log_dir, ("--min-duration", "10s", *operator_args))
+        watch = ReadyWatch(api, None)
+        operator.start()
+        newcomer = iter(range(10**6))
+
+        def newcomer_seconds() -> float:
+            name = f"n{next(newcomer):04d}"
+            start = time.monotonic()
+            api.custom.create_namespaced_custom_object(GROUP, VERSION, "newcomers", PLURAL, {
+                **IDENTITY, "metadata": {"name": name}})
+            wait_for(f"newcomer {name} Ready", lambda: watch.ready_at.get(f"newcomers/{name}", 0) > start,
+                     timeout=300, interval=0.02)
+            return watch.ready_at[f"newcomers/{name}"] - start
+
+        try:
+            wait_for("every identity Ready", lambda: len(watch.ready_at) >= n, timeout=900, interval=0.5)
+            until_idle(operator.proc.pid, time.monotonic() + 300)
+            idle = [newcomer_seconds() for _ in range(5)]
+            result["newcomer_idle_median_ms"] = round(statistics.median(idle) * 1000)
+            operator.stop()
+            due = max(dt.datetime.strptime(seen[-1][2], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+                      for name, seen in watch.serials.items() if not name.startswith("newcomers/"))
+            wait_for("every renewal to fall due", lambda: dt.datetime.now(dt.UTC) > due + dt.timedelta(seconds=2),
+                     timeout=600, interval=1)
+            first = {name: seen[-1][1] for name, seen in watch.serials.items() if not name.startswith("newcomers/")}
+            writes_before = len(local.writes())
+            result["load_before"] = os.getloadavg()[0]
+            start, start_wall = time.monotonic(), time.time()
+            operator.start()
+            during: list[float] = []
+
+            def renewed() -> int:
+                return sum(1 for name, serial in first.items() if watch.serials[name][-1][1] != serial)
+
+            while renewed() < n and time.monotonic() < start + 900:
+                during.append(newcomer_seconds())
+                time.sleep(2)
+            result["renewed"] = renewed()
+            if result["renewed"] == n:
+                last = max(next(t for t, serial, _ in watch.serials[name] if serial != first[name])
+                           for name in first)
+                result["wave_all_renewed_seconds_from_operator_start"] = round(last - start_wall, 1)
+            watch.stop()
+            if during:
+                result["newcomers_during_wave"] = len(during)
+                result["newcomer_during_wave_median_ms"] = round(statistics.median(during) * 1000)
+                result["newcomer_during_wave_max_ms"] = round(max(during) * 1000)
+            writes = local.writes()[writes_before:]
+            codes: dict[str, int] = {}
+            for e in writes:
+                code = str(e.get("responseStatus", {}).get("code", "?"))
+                codes[code] = codes.get(code, 0) + 1
+            result["wave_write_codes"] = codes
+            result["wave_429s"] = codes.get("429", 0)
+            rss, cpu = proc_usage(operator.proc.pid)
+            result["wave_operator_peak_rss_mib"] = round(rss, 1)
+            result["wave_operator_cpu_seconds"] = round(cpu, 1)
+        finally:
+            operator.stop()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, action="append")
@@ -380,12 +463,15 @@ def main() -> None:
     parser.add_argument("--operator-arg", action="append", default=[], help="passed to mtls-operator run")
     parser.add_argument("--namespaces", type=int, default=0,
                         help="spread each N over this many namespaces: the standing-backlog and restart run only")
+    parser.add_argument("--renewal-wave", action="store_true",
+                        help="with --namespaces: N renewals falling due at once instead (run_wave)")
     args = parser.parse_args()
     cluster.ensure_binaries()
     results = []
     with tempfile.TemporaryDirectory(prefix="mtls-bench-") as tmp:
         for n in (args.n or [10_000]) if args.namespaces else []:
-            res = run_large(n, args.namespaces, Path(tmp), tuple(args.operator_arg))
+            run = run_wave if args.renewal_wave else run_large
+            res = run(n, args.namespaces, Path(tmp), tuple(args.operator_arg))
             print(json.dumps(res, indent=2), flush=True)
             results.append(res)
         for n in [] if args.namespaces else args.n or [100, 1000]:

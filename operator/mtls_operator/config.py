@@ -83,6 +83,12 @@ class Settings:
     # of either end, the API's rule). Earlier leaves more time to ride out an outage, and costs more signatures.
     pod_cert_refresh: float = 2 / 3
 
+    @property
+    def reconcile_workers(self) -> int:
+        """Identities reconciled at once: twice the API requests in flight, so that workers waiting on a signing slot
+        or on the reissue pace leave the API client busy, and no more (what waits beyond them is a queued key)."""
+        return 2 * self.api_workers
+
     def check(self) -> None:
         if self.min_duration > self.max_duration:
             raise ValueError("min-duration must not exceed max-duration")

@@ -143,5 +143,9 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # Serve the resources that exist at start; no list/watch of CRDs and namespaces is needed (least privilege).
     settings.scanning.disabled = True
     settings.persistence.diffbase_storage = _NoDiffBase()
+    # kopf keeps a worker task per object until it has been idle this long (5 s by default). Our handlers only hand
+    # the event to the reconciler, so a lingering worker saves nothing, while at start-up every identity's worker is
+    # alive at once: 10,000 of them, each with its queue and its last event's whole body.
+    settings.queueing.idle_timeout = 0.5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -25,7 +25,7 @@ from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .clustertrustbundle import ClusterTrustBundlePublisher
 from .config import Settings
-from .fairness import RenewLimiter, RenewLimits, key_cost
+from .fairness import FairQueue, RenewLimiter, RenewLimits, key_cost
 from .issuer import Issuer
 from .kube import ApiError, Conflict, Kube, NotFound
 from .rotator import KEY as ROTATION_KEY
@@ -150,8 +150,12 @@ class Reconciler:
         self.ca_error = "the CA has not been loaded yet"
         self.scheduler = Scheduler(self.trigger, clock)
         self.scheduler.lateness = metrics.renewal_lateness.observe
-        self._locks: dict[Key, asyncio.Lock] = {}
-        self._queued: set[Key] = set()
+        # Reconciles run on a fixed number of workers fed from a fair queue: what waits is a key, not a task.
+        self._ready = FairQueue()
+        self._queued: set[Hashable] = set()  # in _ready, or (the rotation's and recovery's keys) a task waiting to run
+        self._running: set[Key] = set()
+        self._again: set[Key] = set()  # triggered while running: queued once more when the run ends
+        self._workers = 0
         self._tasks: set[asyncio.Task] = set()
         self._failures: dict[Key, int] = {}
         self._conflicted: set[Key] = set()
@@ -233,7 +237,7 @@ class Reconciler:
             self.spawn(self.bundles.ensure(key[0]))  # the namespace's first identity: publish its trust bundle
         if event_type is not None and previous is not None and _intent(previous) == _intent(body):
             return  # only the status changed (our own write, as a rule): nothing to decide
-        self.trigger(key)
+        self.trigger(key, urgent=event_type is not None)  # a user's change; the start-up listing (None) is routine
 
     def proven_owner(self, secret: Mapping[str, Any]) -> Key | None:
         """The identity that owns this Secret by proof (ownership.py), or None: a label and a claim prove nothing."""
@@ -282,8 +286,13 @@ class Reconciler:
     async def prefill_secrets(self, bodies: list[dict[str, Any]]) -> None:
         """Start-up: the data of the Secrets proven ours, one GET each (in parallel, bounded by the API pool); a
         look-alike's data is never fetched."""
-        proven = [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies if self.proven_owner(b)]
-        await asyncio.gather(*(self._fetch_secret(skey, None) for skey in proven))
+        proven = iter([(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies if self.proven_owner(b)])
+
+        async def fetcher() -> None:  # as many as the API pool serves at once: not one suspended task per Secret
+            for skey in proven:
+                await self._fetch_secret(skey, None)
+
+        await asyncio.gather(*(fetcher() for _ in range(self.settings.api_workers)))
 
     async def _fetch_secret(self, skey: Key, owner: Key | None) -> None:
         try:
@@ -294,12 +303,12 @@ class Reconciler:
         if body is not None and self.proven_owner(body) is not None:
             self.secrets.put(skey, body)
         if owner is not None:
-            self.trigger(owner)
+            self.trigger(owner, urgent=True)  # its Secret was changed by someone else: heal it first
 
     def _trigger_claimed(self, secret: Mapping[str, Any]) -> None:
         claim = ownership.claimed_owner(secret)
         if claim is not None:
-            self.trigger((claim[0], claim[1]))
+            self.trigger((claim[0], claim[1]), urgent=True)  # its Secret went away or changed hands
 
     def service_account_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         sa = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -348,17 +357,41 @@ class Reconciler:
         for key in self.identities:
             self.trigger(key)
 
-    def trigger(self, key: Hashable) -> None:
+    def trigger(self, key: Hashable, urgent: bool = False) -> None:
         """Asks for a reconcile of one identity (or, for the rotation's key, a look at the CA's rotation); a no-op
-        when one is already waiting to run."""
+        when one is already waiting to run. `urgent`: a user's own change, served before routine work of the same
+        namespace (fairness.FairQueue)."""
         if key in self._queued:
             return
         self._queued.add(key)
-        work = (self._rotation_check() if key == ROTATION_KEY else self._recovery_check() if key == RECOVERY_KEY
-                else self._run(key))
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if key in (ROTATION_KEY, RECOVERY_KEY):
+            self.spawn(self._rotation_check() if key == ROTATION_KEY else self._recovery_check())
+            return
+        self._ready.put(key, urgent)
+        while self._workers < self.settings.reconcile_workers:
+            self._workers += 1
+            self.spawn(self._worker())
+
+    async def _worker(self) -> None:
+        """Takes identities off the fair queue for as long as the process serves. One identity is never reconciled
+        by two workers at once: a key taken while it runs is run once more after."""
+        try:
+            while True:
+                key = await self._ready.get()
+                self._queued.discard(key)  # from here on, a new trigger queues one more run
+                if key in self._running:
+                    self._again.add(key)
+                    continue
+                self._running.add(key)
+                try:
+                    await self._run(key)
+                finally:
+                    self._running.discard(key)
+                    if key in self._again:
+                        self._again.discard(key)
+                        self.trigger(key)
+        finally:
+            self._workers -= 1
 
     # ---- the CA ----
 
@@ -546,23 +579,22 @@ class Reconciler:
     # ---- one reconcile ----
 
     async def _run(self, key: Key) -> None:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            self._queued.discard(key)  # from here on, a new trigger queues one more run
-            body = self.identities.get(key)
-            if body is None:
-                self._locks.pop(key, None)
-                return
-            started = time.perf_counter()
+        body = self.identities.get(key)
+        if body is None:
+            return
+        started = time.perf_counter()
+        try:
+            await self._reconcile(key, body)
+            self._failures.pop(key, None)
+        except IdentityGone:
+            log.debug("%s/%s was deleted while being reconciled", *key)
+        except Exception as e:
             try:
-                await self._reconcile(key, body)
-                self._failures.pop(key, None)
-            except IdentityGone:
-                log.debug("%s/%s was deleted while being reconciled", *key)
-            except Exception as e:
                 await self._failed(key, e)
-            finally:
-                metrics.reconcile_seconds.observe(time.perf_counter() - started)
+            except Exception as report:  # a worker must outlive any one identity's trouble
+                log.warning("could not handle the failure of %s/%s: %s", *key, report)
+        finally:
+            metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     async def _failed(self, key: Key, error: Exception) -> None:
         count = self._failures[key] = self._failures.get(key, 0) + 1

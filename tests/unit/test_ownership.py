@@ -80,7 +80,7 @@ def test_lookalike_secrets_are_neither_read_nor_cached(settings) -> None:
         kube = FakeKube({("shop", "api-mtls"): own})
         r = Reconciler(settings, kube)  # type: ignore[arg-type]
         triggered: list = []
-        r.trigger = triggered.append  # type: ignore[method-assign]
+        r.trigger = lambda key, urgent=False: triggered.append(key)  # type: ignore[method-assign]
         r.identities.put(("shop", "api"), identity("api"))
         for i in range(20):
             r.secret_event("ADDED", secret(f"lookalike-{i}", "api", data={"tls.crt": big}))
@@ -104,7 +104,7 @@ def test_a_secret_that_stops_being_proven_is_forgotten(settings) -> None:
 
     async def run() -> Reconciler:
         r = Reconciler(settings, FakeKube({("shop", "api-mtls"): own}))  # type: ignore[arg-type]
-        r.trigger = lambda key: None  # type: ignore[method-assign]
+        r.trigger = lambda key, urgent=False: None  # type: ignore[method-assign]
         r.identities.put(("shop", "api"), identity("api"))
         await r.prefill_secrets([metadata_only(own), metadata_only(secret("lookalike", "api"))])
         assert list(r.secrets) == [("shop", "api-mtls")]
@@ -136,7 +136,7 @@ def test_a_tenant_churning_its_secret_cannot_hold_the_rotation_and_the_wait_is_r
     async def run() -> tuple[Reconciler, list[bool], FakeKube]:
         kube = FakeKube()
         r = Reconciler(settings, kube, clock=lambda: clock[0])  # type: ignore[arg-type]
-        r.trigger = lambda key: None  # type: ignore[method-assign]
+        r.trigger = lambda key, urgent=False: None  # type: ignore[method-assign]
         r.ca, r.ca_secret = root, {"metadata": {"namespace": "mtls-operator", "name": "mtls-operator-ca"}}
         for name in ("stuck", "churn"):
             r.identities.put(("shop", name), identity(name, uid=f"u-{name}"))
