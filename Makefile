@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## the Python environment (.venv) with the operator and test tools
 
-bin: ## build etcd, helm and the control plane (Kubernetes 1.37 and 1.35) from pinned Go modules (cached)
+bin: ## build etcd, helm, promtool and the control plane (Kubernetes 1.37 and 1.35) from pinned Go modules (cached)
 	hack/build-bins.sh
 
 bin-dir: ## print where the built binaries are

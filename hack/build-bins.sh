@@ -6,6 +6,7 @@
 #   kube-1.35  the same three of the oldest supported minor (hack/kube-1.35), into BIN/kube-1.35/
 #   etcd, helm the local control plane's store; the chart tool
 #   kind       the kind command line (hack/kind)
+#   promtool   Prometheus' rule checker and tester (hack/promtool), for the chart's alert tests
 #   node       what the offline kind node image holds, into BIN/node/: kubelet, kubeadm, kube-proxy,
 #              kube-scheduler (hack/kube), coredns (hack/coredns), pause (hack/pause)
 #
@@ -13,7 +14,8 @@
 # Each tool carries a stamp: the hash of its modules, this script and the Go version. A tool is rebuilt only
 # when its stamp changes.
 #
-# usage: hack/build-bins.sh [kube|kube-1.35|etcd|helm|kind|node ...]   (default: kube kube-1.35 etcd helm)
+# usage: hack/build-bins.sh [kube|kube-1.35|etcd|helm|kind|node|promtool ...]
+#        (default: kube kube-1.35 etcd helm promtool)
 set -euo pipefail
 
 hack="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -146,12 +148,27 @@ build_helm() {
 	build helm "$ld" helm.sh/helm/v3/cmd/helm
 }
 
+build_promtool() {
+	local v minor patch release commit date pkg=github.com/prometheus/common/version
+	v="$(module_version "$hack/promtool" github.com/prometheus/prometheus)"
+	# Prometheus 3.x publishes its Go module as v0.3XX.Y for release 3.XX.Y.
+	minor="${v#v0.}"; patch="${minor#*.}"; minor="${minor%%.*}"
+	release="3.$((minor - 300)).$patch"
+	commit="$(module_info "$hack/promtool" github.com/prometheus/prometheus Origin.Hash)"
+	date="$(module_info "$hack/promtool" github.com/prometheus/prometheus Time)"
+	# remove_all_sd leaves out the service-discovery plugins (cloud SDKs: most of Prometheus' dependency tree), which
+	# checking and unit-testing rules never use; `promtool check service-discovery` then knows file, http, kubernetes.
+	GOFLAGS="$GOFLAGS -tags=remove_all_sd" build promtool \
+		"-X $pkg.Version=$release -X $pkg.Revision=$commit -X $pkg.Branch=v$release -X $pkg.BuildDate=$date" \
+		github.com/prometheus/prometheus/cmd/promtool
+}
+
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(etcd helm kube kube-1.35)
+[[ ${#tools[@]} -gt 0 ]] || tools=(etcd helm kube kube-1.35 promtool)
 for tool in "${tools[@]}"; do
 	case "$tool" in
-	kube | etcd | helm | kind | node) "build_$tool" ;;
+	kube | etcd | helm | kind | node | promtool) "build_$tool" ;;
 	kube-1.35) build_kube_135 ;;
-	*) echo "unknown tool: $tool (kube, kube-1.35, etcd, helm, kind, node)" >&2; exit 2 ;;
+	*) echo "unknown tool: $tool (kube, kube-1.35, etcd, helm, kind, node, promtool)" >&2; exit 2 ;;
 	esac
 done

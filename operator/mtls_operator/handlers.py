@@ -147,5 +147,7 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # the event to the reconciler, so a lingering worker saves nothing, while at start-up every identity's worker is
     # alive at once: 10,000 of them, each with its queue and its last event's whole body.
     settings.queueing.idle_timeout = 0.5
+    # The initial list in pages, not one response of every identity (tens of MB of JSON at 10,000, decoded at once).
+    settings.watching.chunk_size = 500
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

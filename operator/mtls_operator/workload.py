@@ -67,7 +67,10 @@ class Reloading:
 
     For servers, every context it builds switches each new handshake to the current one through the SNI callback
     (which OpenSSL runs for every ClientHello, with or without a server name): hand `context()` to a server framework
-    once (asyncio, http.server, aiohttp...) and renewed certificates are still served.
+    once (asyncio, http.server, aiohttp...) and renewed certificates are still served. The switch carries the new
+    certificate and trust bundle only: OpenSSL keeps the verify mode the handshake began with, so a server goes from
+    optional to strict mTLS by being started again with the new setting (as `make demo` shows), not by a builder that
+    changes it live. `reloads` counts the contexts built, the first included.
     """
 
     def __init__(self, folder: str | Path, build: Callable[[Path], ssl.SSLContext], server: bool = False) -> None:
