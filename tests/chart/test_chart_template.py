@@ -85,8 +85,16 @@ def test_without_leader_election_the_old_pod_goes_first(helm: Path) -> None:
     assert "--no-leader-election" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def _users_role(doc: dict) -> bool:
+    """A ClusterRole for the cluster's users, gathered by Kubernetes' view/edit/admin: never the operator's."""
+    return any(label.startswith(AGGREGATE) for label in (doc["metadata"].get("labels") or {}))
+
+
 def _rules(docs: list[dict], kind: str) -> list[dict]:
-    return [r for d in by_kind(docs, kind) for r in d["rules"]]
+    return [r for d in by_kind(docs, kind) if not _users_role(d) for r in d["rules"]]
 
 
 def test_rbac_is_least_privilege(helm: Path) -> None:
@@ -153,7 +161,7 @@ def test_rbac_rules_each_carry_a_reason() -> None:
 
 def test_watched_namespaces_get_roles_not_a_cluster_role(helm: Path) -> None:
     docs = render(helm, "watchNamespaces={shop,bank}")
-    cluster_roles = by_kind(docs, "ClusterRole")
+    cluster_roles = [r for r in by_kind(docs, "ClusterRole") if not _users_role(r)]
     assert [r["metadata"]["name"] for r in cluster_roles] == ["rel-mtls-operator-policies"]
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
     assert {("shop", "rel-mtls-operator"), ("bank", "rel-mtls-operator")} <= roles
@@ -304,3 +312,25 @@ def test_secure_metrics_rbac_reader_role_and_service_monitor(helm: Path) -> None
     spec = by_kind(with_cert, "Deployment")[0]["spec"]["template"]["spec"]
     assert "--metrics-cert-dir=/var/run/metrics-tls" in spec["containers"][0]["args"]
     assert {"name": "metrics-tls", "secret": {"secretName": "metrics-tls", "defaultMode": 0o440}} in spec["volumes"]
+
+
+def test_users_roles_are_aggregated_into_view_and_edit_and_bound_to_nobody(helm: Path) -> None:
+    docs = render(helm)
+    roles = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRole") if _users_role(d)}
+    assert set(roles) == {"rel-mtls-operator-view", "rel-mtls-operator-edit"}
+    view, edit = roles["rel-mtls-operator-view"], roles["rel-mtls-operator-edit"]
+    assert {k for k in view["metadata"]["labels"] if k.startswith(AGGREGATE)} == {
+        AGGREGATE + "view", AGGREGATE + "edit", AGGREGATE + "admin"}
+    assert {k for k in edit["metadata"]["labels"] if k.startswith(AGGREGATE)} == {AGGREGATE + "edit",
+                                                                                 AGGREGATE + "admin"}
+    granted = {(name, r, v) for name, d in roles.items() for rule in d["rules"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    # Viewers read; editors manage identities (patch is how a renewal is asked for). Nobody gets Secrets or the
+    # cluster-admin's policies to write from these.
+    assert ("rel-mtls-operator-view", "mtlsidentities", "list") in granted
+    assert ("rel-mtls-operator-edit", "mtlsidentities", "patch") in granted
+    assert not {r for _, r, v in granted if v not in ("get", "list", "watch")} - {"mtlsidentities"}
+    assert not any(r == "secrets" for _, r, _ in granted)
+    bound = {b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")}
+    assert not bound & set(roles)
+    assert not [d for d in by_kind(render(helm, "userRoles.aggregate=false"), "ClusterRole") if _users_role(d)]
