@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the operator's pods and Lease are (default %(default)s)")
     check.add_argument("--lease-name", default=Settings().lease_name, metavar="NAME",
                        help="the operator's --lease-name (default %(default)s)")
+    check.add_argument("--ca-secret", default=Settings().ca_secret_name, metavar="NAME",
+                       help="the operator's --ca-secret-name (default %(default)s): its MtlsAuthority is "
+                            "<operator namespace>.<NAME>")
     check.add_argument("-A", "--all-namespaces", action="store_true",
                        help="identities of all namespaces (the default unless -n is given)")
     return parser
@@ -276,7 +279,10 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO, now: dt.dateti
         operator_namespace=ns, lease_name=args.lease_name, selector=OPERATOR_SELECTOR,
         pods=_read(lambda: cluster.pods(ns, OPERATOR_SELECTOR)),
         lease=_read(lambda: cluster.lease(ns, args.lease_name), one=True),
-        authorities=_read(cluster.authorities),
+        # This operator's CA only (its MtlsAuthority is named after the CA Secret): another install's, or one left
+        # by a CA Secret no longer in use, is not this operator's health.
+        authorities=_read(lambda: [a for a in cluster.authorities()
+                                   if (a.get("metadata") or {}).get("name") == f"{ns}.{args.ca_secret}"]),
         identities=_read(lambda: cluster.identities(where)),
         identity_namespace=where, now=now)
     return _emit(args, out, report.to_dict(), render.check(report), report.exit_code)
