@@ -43,9 +43,9 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float = 30.0, interval:
 
 
 def only_waiting_from_here() -> None:
-    """Tells whoever runs this session (hack/kind-e2e-with-1.35.sh, through MTLS_E2E_WAITING_FILE) that it now only
-    waits on the cluster's clocks — the kubelet's refresh of a pod certificate, minutes away — so other work can use the
-    machine meanwhile. Without that variable it does nothing."""
+    """Tells whoever runs this session (hack/kind-e2e-with-local-tests.sh, through MTLS_E2E_WAITING_FILE) that it
+    now only waits on the cluster's clocks — the kubelet's refresh of a pod certificate, minutes away — so other work
+    can use the machine meanwhile. Without that variable it does nothing."""
     path = os.environ.get("MTLS_E2E_WAITING_FILE")
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,9 @@ IN_CLUSTER = os.environ.get("MTLS_OPERATOR") == "in-cluster"
 
 def _order(item: pytest.Item) -> int:
     """In kind: the Secret workloads first (their root rotation must end before any pod certificate is signed under
-    that root, or its Retiring phase would wait for it), then the pod-certificate pair starts, and the rest of the suite
-    runs while the pair's certificate ages towards the kubelet's refresh. Last, anywhere: tests that leave the cluster
+    that root, or its Retiring phase would wait for it; the pod-certificate pair starts the moment it has ended), then
+    the pair's own tests, and the rest of the suite runs while the pair's certificate ages towards the kubelet's
+    refresh. Last, anywhere: tests that leave the cluster
     changed for good (a root rotation held in Retiring)."""
     if "kind_finale" in item.keywords:
         return 3

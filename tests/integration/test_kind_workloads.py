@@ -195,6 +195,10 @@ def test_deployments_keep_mtls_across_renewals_a_root_rotation_and_an_operator_p
                          interval=1)
     assert _phase(api) not in ("", "?"), "the rotation must still be under way when the new pod takes over"
     wait_for("the rotation to finish", lambda: _phase(api) == "", timeout=600, interval=2)
+    # Its last phase has ended: the pod-certificate pair may start now and age while the rest of the suite runs.
+    from tests.integration.test_pod_certificates_in_kind import begin_pair
+
+    begin_pair(api, kubectl)
     new_root = pki.load_chain(secret_files(api.secret(OPERATOR_NAMESPACE, CA_SECRET))["ca.crt"])
     assert len(new_root) == 1 and new_root[0] != old_root[0]
     assert "rotation" in kubectl("logs", "-n", OPERATOR_NAMESPACE, successor, "--tail=-1").stdout.lower()

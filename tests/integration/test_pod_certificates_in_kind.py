@@ -14,8 +14,8 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
@@ -84,11 +84,44 @@ class Pair:
     started: float  # time.monotonic() of the first handshake
 
 
+_PAIR: dict[str, object] = {}  # the session's pair: its starting thread, then the Pair or what went wrong
+
+
+def begin_pair(api: Api, kubectl: Kubectl) -> None:
+    """Starts the pair in the background, once. test_kind_workloads calls this the moment its root rotation has ended
+    (no pod certificate may be signed under that root before), so the pair's certificate ages from then on, while the
+    rest of that test and the suite run; the fixture below starts it itself if nobody has."""
+    if "thread" in _PAIR:
+        return
+
+    def start() -> None:
+        try:
+            _PAIR["pair"] = _start_pair(api, kubectl)
+        except BaseException as e:  # handed to the fixture, which raises it in the test that needs the pair
+            _PAIR["error"] = e
+
+    thread = threading.Thread(target=start, name="pod-certificate-pair", daemon=True)
+    _PAIR["thread"] = thread
+    thread.start()
+
+
 @pytest.fixture(scope="session")
-def pod_certificate_pair(api: Api, kubectl: Kubectl, operator: InClusterOperator) -> Iterator[Pair]:
+def pod_certificate_pair(api: Api, kubectl: Kubectl, operator: InClusterOperator) -> Pair:
     """A server with a Secret-based identity and a client with a pod certificate, talking mTLS, in a namespace of their
-    own: started by the first test that asks and left running until the session ends, so the kubelet's refresh (10
-    minutes in) comes while the other tests run."""
+    own: started once (begin_pair) and left running until the session ends, so the kubelet's refresh (10 minutes in)
+    comes while the other tests run."""
+    begin_pair(api, kubectl)
+    thread = _PAIR["thread"]
+    assert isinstance(thread, threading.Thread)
+    thread.join(timeout=600)
+    if "error" in _PAIR:
+        raise AssertionError(f"the pod-certificate pair did not start: {_PAIR['error']!r}")
+    pair = _PAIR.get("pair")
+    assert isinstance(pair, Pair), "the pod-certificate pair did not start within 10 minutes"
+    return pair
+
+
+def _start_pair(api: Api, kubectl: Kubectl) -> Pair:
     ns = api.namespace("pc")
     kubectl("label", "namespace", ns, "mtls-operator.io/pod-certificates=enabled")
     _scripts(api, ns)
@@ -103,7 +136,7 @@ def pod_certificate_pair(api: Api, kubectl: Kubectl, operator: InClusterOperator
     apps.create_namespaced_deployment(ns, _pod_certificate_deployment("client", env={"SERVER": f"server.{ns}.svc"}))
     attempts = wait_for("an mTLS handshake from the pod-certificate client", lambda: _attempts(kubectl, ns),
                         timeout=240, interval=2)
-    yield Pair(ns, _issued_chains(api, ns)[_client_serials(attempts)[0]][0], time.monotonic())
+    return Pair(ns, _issued_chains(api, ns)[_client_serials(attempts)[0]][0], time.monotonic())
 
 
 @pytest.mark.timeout(600)
