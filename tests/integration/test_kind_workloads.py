@@ -211,6 +211,9 @@ def test_deployments_keep_mtls_across_renewals_a_root_rotation_and_an_operator_p
     new_key_id = new_root[0].extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
     wait_for("the client to be served a leaf from the new root", lambda: any(
         line.split()[2] == new_key_id for line in client_log() if line.startswith("OK ")), timeout=300, interval=5)
+    # Four certificates met by the client: the first and three renewals. Renewals come about every minute and the
+    # kubelet's sync lags by up to ~90 s, so it may have skipped one so far; the next renewal brings another.
+    wait_for("the client to be served four certificates", lambda: len(served_serials()) >= 4, timeout=300, interval=5)
 
     lines = client_log()
     first_ok = next(i for i, line in enumerate(lines) if line.startswith("OK "))
