@@ -156,6 +156,7 @@ class Reconciler:
         self._running: set[Key] = set()
         self._again: set[Key] = set()  # triggered while running: queued once more when the run ends
         self._workers = 0
+        self._stopped = False  # after stop(): nothing new starts (a cancelled worker's re-run included)
         self._tasks: set[asyncio.Task] = set()
         self._failures: dict[Key, int] = {}
         self._conflicted: set[Key] = set()
@@ -361,7 +362,7 @@ class Reconciler:
         """Asks for a reconcile of one identity (or, for the rotation's key, a look at the CA's rotation); a no-op
         when one is already waiting to run. `urgent`: a user's own change, served before routine work of the same
         namespace (fairness.FairQueue)."""
-        if key in self._queued:
+        if key in self._queued or self._stopped:
             return
         self._queued.add(key)
         if key in (ROTATION_KEY, RECOVERY_KEY):
@@ -471,6 +472,7 @@ class Reconciler:
 
     def stop(self) -> None:
         """No more writes from this process (shutdown, or the lease is lost): cancel every reconcile in flight."""
+        self._stopped = True
         self._ca_watch_stop.set()
         for task in list(self._tasks):
             task.cancel()

@@ -114,3 +114,21 @@ def test_a_newcomer_is_not_queued_behind_another_namespaces_backlog() -> None:
         r.stop()
 
     asyncio.run(scenario())
+
+
+def test_nothing_starts_after_stop() -> None:
+    """stop() is how a leader that lost its lease goes quiet: a worker cancelled mid-run must not queue its re-run,
+    and no trigger may start a new worker."""
+    async def scenario() -> None:
+        r = Recorder(workers=2)
+        key = ("ns", "busy")
+        r.trigger(key)
+        await _until(lambda: r.started == [key])
+        r.trigger(key)  # queued to run again after this run
+        await _until(lambda: key in r._again or len(r._ready) == 1)
+        r.stop()
+        await _until(lambda: r._workers == 0)
+        r.trigger(("ns", "late"))  # a worker would be counted and its task tracked at once
+        assert r._workers == 0 and not r._tasks and r.started == [key]
+
+    asyncio.run(scenario())
