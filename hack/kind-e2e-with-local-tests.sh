@@ -21,7 +21,7 @@ rm -f "$waiting"
 
 MTLS_E2E_WAITING_FILE="$waiting" hack/kind-e2e.sh &
 kind_pid=$!
-trap 'kill "$kind_pid" 2>/dev/null' INT TERM
+trap 'kill "$kind_pid" 2>/dev/null; wait "$kind_pid"; exit 130' INT TERM
 
 while kill -0 "$kind_pid" 2>/dev/null && [[ ! -e "$waiting" ]]; do
 	sleep 1

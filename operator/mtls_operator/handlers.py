@@ -69,9 +69,10 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
                 log.exception("the pod-certificate signer could not start; it stays idle")
         try:
             await reconciler.bootstrap_ca()
-        except BaseException:  # kopf tries the whole start-up again: this attempt's signer must not live on
+        except BaseException:  # kopf tries the whole start-up again: this attempt's signer and workers must not live on
             if getattr(memo, "pod_signer", None):
                 memo.pod_signer.stop()
+            reconciler.stop()
             raise
         reconciler.start_ca_watch(loop)
         for path, _bodies, version in listed:

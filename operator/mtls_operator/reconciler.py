@@ -47,6 +47,10 @@ UNWRITABLE_BACKOFF = 10.0
 UNWRITABLE_STATUSES = (400, 403, 422)
 
 
+# A reissue whose turn at --reissue-rate is this close goes now rather than being put back in the queue.
+PACE_SLACK = 0.05
+
+
 class IdentityGone(Exception):
     """The identity was deleted while we worked on it: nothing to report, nothing to retry."""
 
@@ -80,12 +84,16 @@ class RateLimiter:
         self.interval = 1.0 / per_second
         self._next = 0.0
 
-    async def acquire(self) -> None:
-        now = asyncio.get_running_loop().time()
+    def reserve(self, now: float) -> float:
+        """The next free moment (same clock as `now`), taken."""
         start = max(now, self._next)
         self._next = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
+        return start
+
+
+class Paced(Exception):
+    """A reissue waits for its turn at --reissue-rate: the identity is looked at again then, and its worker is free
+    meanwhile (a newcomer must not wait behind a rotation's paced reissues)."""
 
 
 class NewestCache:
@@ -182,6 +190,7 @@ class Reconciler:
             namespace_interval=settings.renew_namespace_interval.total_seconds()))
         self._deferred: set[Key] = set()  # identities whose renew request waits for a token (an Event was posted)
         self._reissue_rate = RateLimiter(settings.reissue_rate)
+        self._paced: dict[Key, float] = {}  # identity -> its reserved turn for a reissue (loop time)
         self._ca_watch_stop = threading.Event()
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
         self.bundles = TrustBundles(kube, settings.bundle_configmap, settings.bundle_namespaces,
@@ -223,6 +232,7 @@ class Reconciler:
             self._unwritable.pop(key, None)
             self._refused_writes.pop(key, None)
             self._spare_keys.pop(key, None)
+            self._paced.pop(key, None)
             self._blocked.discard(key)
             self.renew_limiter.forget(key)
             self._deferred.discard(key)
@@ -590,6 +600,8 @@ class Reconciler:
             self._failures.pop(key, None)
         except IdentityGone:
             log.debug("%s/%s was deleted while being reconciled", *key)
+        except Paced:
+            pass  # scheduled for its turn
         except Exception as e:
             try:
                 await self._failed(key, e)
@@ -815,7 +827,15 @@ class Reconciler:
             return kept_key or pki.generate_key(spec.key.algorithm, spec.key.size)
 
         if decision.reason is plan.Reason.CA_CHANGED:
-            await self._reissue_rate.acquire()
+            # Its turn is reserved once and kept across the wait, so the rate holds and no turn is lost.
+            now_loop = asyncio.get_running_loop().time()
+            turn = self._paced.pop(ikey, None)
+            if turn is None:
+                turn = self._reissue_rate.reserve(now_loop)
+            if turn > now_loop + PACE_SLACK:
+                self._paced[ikey] = turn
+                self.scheduler.schedule(ikey, self.clock() + dt.timedelta(seconds=turn - now_loop))
+                raise Paced()
         signed = await self.issuer.sign(spec.namespace, request, make_key, ca=ca)
         cert, key_obj = signed.cert, signed.key
         revision = view.revision + 1 if view.owned else 1

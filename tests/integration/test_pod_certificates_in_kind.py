@@ -115,7 +115,9 @@ def pod_certificate_pair(api: Api, kubectl: Kubectl, operator: InClusterOperator
     assert isinstance(thread, threading.Thread)
     thread.join(timeout=600)
     if "error" in _PAIR:
-        raise AssertionError(f"the pod-certificate pair did not start: {_PAIR['error']!r}")
+        error = _PAIR["error"]
+        raise AssertionError(f"the pod-certificate pair did not start: {error!r}") from (
+            error if isinstance(error, BaseException) else None)
     pair = _PAIR.get("pair")
     assert isinstance(pair, Pair), "the pod-certificate pair did not start within 10 minutes"
     return pair
