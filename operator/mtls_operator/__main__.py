@@ -82,7 +82,7 @@ async def _operate(settings: config.Settings) -> int:
             await asyncio.to_thread(elector.stop_keeping)
             await asyncio.to_thread(elector.release)
         await metrics_endpoint.stop()
-        kube.close()
+        await kube.close()
         await health.stop()
     return 0
 
@@ -211,7 +211,7 @@ def _selftest(args: argparse.Namespace) -> int:
         try:
             return await selftest.run(kube, plan)
         finally:
-            kube.close()
+            await kube.close()
 
     try:
         line = asyncio.run(go())

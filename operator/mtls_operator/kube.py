@@ -1,18 +1,16 @@
 """Every Kubernetes API call the operator makes (besides the watch streams kopf runs for it), in one thin layer.
 
-Calls go through the official client's configuration and connection pool, but as raw JSON: the typed models cost more
-CPU than the rest of an issuance. The client is synchronous, so calls run on a bounded thread pool; that bound is also
-the number of requests in flight.
+Calls are raw JSON (the typed models cost more CPU than the rest of an issuance). The event loop's calls go over one
+aiohttp session (transport.py), at most `workers` in flight; the blocking calls — the Lease's renewals and the
+metadata lists and watches, each on a thread of its own — use the official client's connection pools. Every write,
+on either path, passes one gate: the write fence (fence.py), asked at the last moment before the request leaves.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import copy
 import datetime as dt
-import functools
 import json
 import logging
 import threading
@@ -21,14 +19,19 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import kubernetes
 
 from .fence import Fence
 from .spec import GROUP, PLURAL, VERSION
+from .transport import Session
 
 log = logging.getLogger(__name__)
 COMPONENT = "mtls-operator"
 LEASE_REQUEST_TIMEOUT = 4.0  # well inside the renew deadline, so a hung request cannot outlast the lease
+# A read that meets a dropped connection (the server closed an idle keep-alive one, say) is sent again this many
+# times; a write never is: it might have landed.
+READ_RETRIES = 2
 # Metadata only (what `kubectl get --show-kind` and client-go's metadata informers ask for): the API server leaves out
 # data, so a Secret's size never reaches this process unless we GET it.
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
@@ -83,8 +86,9 @@ def load_client_config() -> kubernetes.client.Configuration:
 
 class Kube:
     """`fence`: when given (leader election on), every mutating call but the Lease's own is refused once it is closed —
-    checked in the worker thread just before the request is sent, so work that waited (a queue, a key generation, a
-    paused process) cannot slip a write past a lost lease. `user_agent` names the replica in the audit log."""
+    checked just before the request is sent (after it had its turn among the calls in flight), so work that waited (a
+    queue, a key generation, a paused process) cannot slip a write past a lost lease. `user_agent` names the replica in
+    the audit log."""
 
     def __init__(self, config: kubernetes.client.Configuration | None = None, workers: int = 16,
                  fence: Fence | None = None, user_agent: str = COMPONENT) -> None:
@@ -92,20 +96,18 @@ class Kube:
         self.fence, self.user_agent = fence, user_agent
         config.connection_pool_maxsize = workers
         self._client = kubernetes.client.ApiClient(config)  # reads: urllib3 retries them on connection trouble
-        # Writes and the Lease get clients without urllib3's retries. A retried write would be sent again after the
-        # fence's gate, possibly after the lease was lost; a retried renewal would stretch one attempt past the
-        # renew deadline. The Lease's client also has connections of its own: never queued behind Secret writes.
+        # The Lease gets a client without urllib3's retries (a retried renewal would stretch one attempt past the renew
+        # deadline) and with connections of its own.
         no_retries = copy.deepcopy(config)
         no_retries.retries = False
-        self._write_client = kubernetes.client.ApiClient(no_retries)
-        self._lease_client = kubernetes.client.ApiClient(copy.deepcopy(no_retries))
-        for client in (self._client, self._write_client, self._lease_client):
+        self._lease_client = kubernetes.client.ApiClient(no_retries)
+        for client in (self._client, self._lease_client):
             client.user_agent = user_agent  # the client's default headers win over per-request ones
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        self._session = Session(config, workers, user_agent)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for client in (self._client, self._write_client, self._lease_client):
+    async def close(self) -> None:
+        await self._session.close()
+        for client in (self._client, self._lease_client):
             client.close()
 
     # ---- plumbing ----
@@ -114,29 +116,44 @@ class Kube:
                  query: Mapping[str, str] | None = None, timeout: float | None = 30,
                  accept: str = "application/json", fenced: bool = True,
                  client: kubernetes.client.ApiClient | None = None) -> Any:
-        client = client or (self._write_client if method in MUTATING else self._client)
+        """Blocking: the reads of the threads that list and watch, and the Lease's calls. A write here never goes over
+        the retrying client (it might be sent again after the gate)."""
+        client = client or (self._lease_client if method in MUTATING else self._client)
         headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         m, url, h, b, p = client.param_serialize(
             method, path, query_params=list((query or {}).items()), header_params=headers, body=body,
             auth_settings=["BearerToken"])
-        # The gate: the last moment before the request leaves. The Lease's own calls pass (fenced=False): they are
-        # how the lease is won back, and its resourceVersion already guards them.
+        self._gate(method, path, fenced)
+        resp = client.call_api(m, url, h, b, p, _request_timeout=timeout)
+        return _payload(resp.status, resp.read())
+
+    def _gate(self, method: str, path: str, fenced: bool) -> None:
+        """The last moment before a request leaves. The Lease's own calls pass (fenced=False): they are how the lease
+        is won back, and its resourceVersion already guards them."""
         if fenced and self.fence is not None and method in MUTATING and not self.fence.is_open():
             raise Fenced(method, path)
-        resp = client.call_api(m, url, h, b, p, _request_timeout=timeout)
-        data = resp.read()
-        payload = json.loads(data) if data else {}
-        if resp.status >= 400:
-            reason, message = payload.get("reason", ""), payload.get("message", data[:200].decode(errors="replace"))
-            cls = NotFound if resp.status == 404 else Conflict if resp.status == 409 else ApiError
-            raise cls(resp.status, reason, message)
-        return payload
 
-    async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._request, method, path, body, content_type)
+    async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                    query: Mapping[str, str] | None = None, fenced: bool = True, timeout: float = 30) -> Any:
+        """One call from the event loop (transport.py). Network errors are aiohttp's (ClientError, TimeoutError)."""
+        session, slots = self._session.open()
+        data = json.dumps(body).encode() if body is not None else None
+        extra = {"Accept": "application/json", **({"Content-Type": content_type} if data is not None else {})}
+        retries = 0 if method in MUTATING else READ_RETRIES
+        async with slots:  # a slot means a connection: nothing queues between the gate and the wire
+            while True:
+                self._gate(method, path, fenced)
+                try:
+                    async with session.request(method, self._session.url(path), data=data, params=query,
+                                               headers=self._session.headers(extra), proxy=self._session.proxy,
+                                               timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                        return _payload(resp.status, await resp.read())
+                except aiohttp.ClientConnectionError:
+                    if retries <= 0:
+                        raise
+                    retries -= 1
 
     async def _get_or_none(self, path: str) -> dict[str, Any] | None:
         """One object, or None when there is none (a 404)."""
@@ -165,14 +182,12 @@ class Kube:
         `api` is "/api/v1" or "/apis/<group>/<version>"."""
         paths = [f"{api}/namespaces/{quote(ns)}/{plural}" for ns in namespaces] or [f"{api}/{plural}"]
         out: list[dict[str, Any]] = []
-        loop = asyncio.get_running_loop()
         for path in paths:
             token = ""
             while True:
-                query = {"limit": "500", **({"labelSelector": label_selector} if label_selector else {}),
-                         **({"fieldSelector": field_selector} if field_selector else {}),
+                query = {"limit": "500", **_selectors(label_selector, field_selector),
                          **({"continue": token} if token else {})}
-                page = await loop.run_in_executor(self._pool, lambda q=query, p=path: self._request("GET", p, query=q))
+                page = await self._call("GET", path, query=query)
                 out.extend(page.get("items") or [])
                 token = page.get("metadata", {}).get("continue", "")
                 if not token:
@@ -336,9 +351,7 @@ class Kube:
     async def _review(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Reviews are questions, not writes: nothing is stored, so they pass the fence (a standby's /metrics is
         still scraped) and, like reads, may be retried."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(
-            self._request, "POST", path, body, fenced=False, client=self._client))
+        return await self._call("POST", path, body, fenced=False)
 
     async def create_token_review(self, token: str) -> dict[str, Any]:
         """Who a bearer token belongs to. The token is in the request body only: never logged, never in an error."""
@@ -436,6 +449,21 @@ class Kube:
         finally:
             with contextlib.suppress(Exception):
                 raw.release_conn()
+
+
+def _payload(status: int, data: bytes) -> Any:
+    """The decoded body of an answer, or the ApiError it stands for."""
+    try:
+        payload = json.loads(data) if data else {}
+    except ValueError:  # not JSON: a proxy's error page, say
+        if status < 400:
+            raise
+        payload = {}
+    if status >= 400:
+        reason, message = payload.get("reason", ""), payload.get("message", data[:200].decode(errors="replace"))
+        cls = NotFound if status == 404 else Conflict if status == 409 else ApiError
+        raise cls(status, reason, message)
+    return payload
 
 
 def _selectors(label_selector: str, field_selector: str) -> dict[str, str]:

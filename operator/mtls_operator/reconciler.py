@@ -171,6 +171,10 @@ class Reconciler:
         self._roll_warned: dict[tuple[str, str, str, str], str] = {}
         self._blocked: set[Key] = set()  # identities whose last look ended in a refusal (policy, spec, conflict...)
         self._views: dict[Key, tuple[tuple[str, str], tlssecret.SecretView]] = {}
+        # Secrets (ns, name) with a write of ours in flight -> the newest watch event that came meanwhile (or None). The
+        # watch often shows our write before its response arrives: judged then, it would look like someone else's
+        # change (a GET and a second reconcile); judged after the response is cached, it is plainly our echo.
+        self._writing: dict[Key, dict[str, Any] | None] = {}
         self._specs: dict[Key, tuple[tuple[str, int], IdentitySpec | InvalidSpec]] = {}
         # identity -> (uid, generation) whose status the API server refuses: a recreated object of the same name (its
         # deletion perhaps unseen while a watch was down) has another uid, and starts afresh.
@@ -271,6 +275,9 @@ class Reconciler:
             self.secrets.drop(skey, body)
             if known is not None and _uid(known) == _uid(body):
                 self._trigger_claimed(known)
+            return
+        if skey in self._writing:
+            self._writing[skey] = dict(body)  # looked at when the write's answer is in (_write)
             return
         owner = self.proven_owner(body)
         if owner is None:
@@ -836,7 +843,8 @@ class Reconciler:
                 self._paced[ikey] = turn
                 self.scheduler.schedule(ikey, self.clock() + dt.timedelta(seconds=turn - now_loop))
                 raise Paced()
-        signed = await self.issuer.sign(spec.namespace, request, make_key, ca=ca)
+        signed = await self.issuer.sign(spec.namespace, request, make_key, ca=ca,
+                                        new_key="" if kept_key else spec.key.label)
         cert, key_obj = signed.cert, signed.key
         revision = view.revision + 1 if view.owned else 1
         renew_request = (body["metadata"].get("annotations") or {}).get(tlssecret.ANN_RENEW_REQUEST, "")
@@ -864,11 +872,18 @@ class Reconciler:
 
     async def _write(self, spec: IdentitySpec, body: dict[str, Any], view: tlssecret.SecretView,
                      secret: dict[str, Any]) -> None:
-        if view.exists:
-            written = await self.kube.replace_secret(secret)
-        else:
-            written = await self.kube.create_secret(secret)
-        self.secrets.put((spec.namespace, spec.secret_name), written)
+        skey = (spec.namespace, spec.secret_name)
+        self._writing[skey] = None
+        try:
+            if view.exists:
+                written = await self.kube.replace_secret(secret)
+            else:
+                written = await self.kube.create_secret(secret)
+            self.secrets.put(skey, written)
+        finally:
+            seen = self._writing.pop(skey, None)
+            if seen is not None:  # now it can be told apart: our echo (nothing to do), or someone else's change
+                self.secret_event("MODIFIED", seen)
 
     async def _without_ca(self, key: Key, body: dict[str, Any], spec: IdentitySpec, view: tlssecret.SecretView,
                           now: dt.datetime) -> None:

@@ -3,6 +3,7 @@ on a thread of its own, so a busy event loop or CPU-bound issuance cannot make t
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import threading
 import time
@@ -57,25 +58,39 @@ def _unreachable_kube(fence: Fence) -> Kube:
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 def test_every_mutating_call_is_refused_at_the_gate_once_the_fence_is_closed(method: str) -> None:
-    kube = _unreachable_kube(Fence())
-    try:
-        with pytest.raises(Fenced) as refused:
-            kube._request(method, "/api/v1/namespaces/a/secrets/b", {"x": 1})
-        assert refused.value.reason == "Fenced" and "not sent" in str(refused.value)
-    finally:
-        kube.close()
+    async def go() -> None:
+        kube = _unreachable_kube(Fence())
+        try:
+            with pytest.raises(Fenced) as refused:
+                await kube._call(method, "/api/v1/namespaces/a/secrets/b", {"x": 1})
+            assert refused.value.reason == "Fenced" and "not sent" in str(refused.value)
+            with pytest.raises(Fenced):  # the blocking path has the same gate
+                kube._request(method, "/api/v1/namespaces/a/secrets/b", {"x": 1})
+        finally:
+            await kube.close()
+
+    asyncio.run(go())
 
 
-def test_reads_and_the_lease_itself_pass_the_gate() -> None:
-    kube = _unreachable_kube(Fence())
-    try:
-        for call in (lambda: kube._request("GET", "/api/v1/namespaces/a/secrets/b", timeout=1),
-                     lambda: kube.replace_lease({"metadata": {"namespace": "a", "name": "l"}}, timeout=1)):
-            with pytest.raises(Exception) as sent:
-                call()
-            assert not isinstance(sent.value, Fenced)  # it went to the network (and found nobody there)
-    finally:
-        kube.close()
+def test_reads_reviews_and_the_lease_itself_pass_the_gate() -> None:
+    async def go() -> None:
+        kube = _unreachable_kube(Fence())
+        try:
+            calls = (lambda: kube._call("GET", "/api/v1/namespaces/a/secrets/b", timeout=1),
+                     lambda: kube.create_token_review("not-a-token"))
+            for call in calls:
+                with pytest.raises(Exception) as sent:
+                    await call()
+                assert not isinstance(sent.value, Fenced)  # it went to the network (and found nobody there)
+            for blocking in (lambda: kube._request("GET", "/api/v1/namespaces/a/secrets/b", timeout=1),
+                             lambda: kube.replace_lease({"metadata": {"namespace": "a", "name": "l"}}, timeout=1)):
+                with pytest.raises(Exception) as sent:
+                    blocking()
+                assert not isinstance(sent.value, Fenced)
+        finally:
+            await kube.close()
+
+    asyncio.run(go())
 
 
 class FakeLeases:
