@@ -2,7 +2,9 @@
 event calls. Decisions live in plan.py, effects in reconciler.py.
 
 Only raw watch-event handlers are used (`on.event`): kopf stores nothing on the objects for them — no finalizers, no
-progress annotations, no status fields — so the operator's writes per issuance are exactly its own.
+progress annotations, no status fields — so the operator's writes per issuance are exactly its own. The two streams
+that carry most events, the MtlsIdentities and their Secrets, are watched by the reconciler itself (started here, at
+the end of start-up): an event there goes straight to the reconciler, with none of kopf's per-event work.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .kube import NotFound
 from .podsigner import PodSigner
 from .policy import POLICY_PLURAL
 from .reconciler import Reconciler
-from .spec import GROUP, PLURAL, VERSION
+from .spec import GROUP, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,24 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         # The same for the inputs of the admission checks, so nothing is denied for want of a look.
         # Ownership is proven against the identities (ownership.py), so they come first; of the labelled Secrets only
         # metadata is listed, and only those proven ours are read in full.
+        # Lists are read a page at a time, keeping only what the caches hold (a restart of 10,000 identities never
+        # holds the whole lists at once), and the version each list was read at, for its watch to start from.
         namespaces = memo.settings.namespaces
-        for body in await kube.list_all(f"/apis/{GROUP}/{VERSION}", PLURAL, namespaces):
-            reconciler.identities.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
         loop = asyncio.get_running_loop()
-        listed = [(path, *await loop.run_in_executor(None, kube.list_objects, path, tlssecret.MANAGED_SELECTOR))
-                  for path in kube.secret_paths(namespaces)]
-        await reconciler.prefill_secrets([body for _path, bodies, _version in listed for body in bodies])
+        identity_versions: dict[str, str] = {}
+        for path in kube.identity_paths(namespaces):
+            async for items, version in kube.pages(path, metadata_only=False):
+                for body in items:
+                    reconciler.identities.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
+                identity_versions[path] = version
+        secret_versions: dict[str, str] = {}
+        proven = []
+        for path in kube.secret_paths(namespaces):
+            async for items, version in kube.pages(path, tlssecret.MANAGED_SELECTOR):
+                proven += reconciler.proven_secrets(items)
+                secret_versions[path] = version
+        await reconciler.prefill_secrets(proven)
+        del proven
         if memo.settings.bundle_configmap:
             for body in await kube.list_all("/api/v1", "configmaps", namespaces, tlssecret.MANAGED_SELECTOR,
                                             bundle_selector(memo.settings)):
@@ -75,8 +88,11 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
             reconciler.stop()
             raise
         reconciler.start_ca_watch(loop)
-        for path, _bodies, version in listed:
+        # Every identity listed was triggered by the CA's first load (ca_changed), so the watches only carry changes.
+        for path, version in secret_versions.items():
             reconciler.start_secret_watch(loop, path, version)
+        for path, version in identity_versions.items():
+            reconciler.start_identity_watch(loop, path, version)
         memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")
         log.info("mtls-operator started: %d managed Secrets, CA %s", len(reconciler.secrets),
                  "ready" if reconciler.ca else "UNAVAILABLE")
@@ -94,10 +110,6 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
             memo.pod_signer.stop()
         if getattr(memo, "reconciler", None):
             memo.reconciler.stop()
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def identity_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        memo.reconciler.identity_event(event["type"], event["object"])
 
     if settings.bundle_configmap:
         @kopf.on.event("v1", "configmaps", registry=registry)
@@ -145,10 +157,10 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.scanning.disabled = True
     settings.persistence.diffbase_storage = _NoDiffBase()
     # kopf keeps a worker task per object until it has been idle this long (5 s by default). Our handlers only hand
-    # the event to the reconciler, so a lingering worker saves nothing, while at start-up every identity's worker is
-    # alive at once: 10,000 of them, each with its queue and its last event's whole body.
+    # the event to the reconciler, so a lingering worker saves nothing, while at start-up every object's worker is
+    # alive at once, each with its queue and its last event's whole body.
     settings.queueing.idle_timeout = 0.5
-    # The initial list in pages, not one response of every identity (tens of MB of JSON at 10,000, decoded at once).
+    # The initial lists in pages, not one response of every ServiceAccount in the cluster.
     settings.watching.chunk_size = 500
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -36,7 +36,7 @@ READ_RETRIES = 2
 # data, so a Secret's size never reaches this process unless we GET it.
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 METADATA_ONE = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
-METADATA_PAGE = 100
+PAGE = 100
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CERTIFICATES = "/apis/certificates.k8s.io/v1"
 
@@ -136,11 +136,12 @@ class Kube:
             raise Fenced(method, path)
 
     async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-                    query: Mapping[str, str] | None = None, fenced: bool = True, timeout: float = 30) -> Any:
+                    query: Mapping[str, str] | None = None, fenced: bool = True, timeout: float = 30,
+                    accept: str = "application/json") -> Any:
         """One call from the event loop (transport.py). Network errors are aiohttp's (ClientError, TimeoutError)."""
         session, slots = self._session.open()
         data = json.dumps(body).encode() if body is not None else None
-        extra = {"Accept": "application/json", **({"Content-Type": content_type} if data is not None else {})}
+        extra = {"Accept": accept, **({"Content-Type": content_type} if data is not None else {})}
         retries = 0 if method in MUTATING else READ_RETRIES
         async with slots:  # a slot means a connection: nothing queues between the gate and the wire
             while True:
@@ -183,16 +184,27 @@ class Kube:
         paths = [f"{api}/namespaces/{quote(ns)}/{plural}" for ns in namespaces] or [f"{api}/{plural}"]
         out: list[dict[str, Any]] = []
         for path in paths:
-            token = ""
-            while True:
-                query = {"limit": "500", **_selectors(label_selector, field_selector),
-                         **({"continue": token} if token else {})}
-                page = await self._call("GET", path, query=query)
-                out.extend(page.get("items") or [])
-                token = page.get("metadata", {}).get("continue", "")
-                if not token:
-                    break
+            async for items, _version in self.pages(path, label_selector, field_selector, metadata_only=False):
+                out.extend(items)
         return out
+
+    async def pages(self, path: str, label_selector: str = "", field_selector: str = "", *,
+                    metadata_only: bool = True) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+        """The objects under `path` a page at a time (as PartialObjectMetadata when `metadata_only`), each with the
+        list's resourceVersion to watch from: a caller that keeps only what it needs of each page never holds the
+        whole list. Small pages bound what one response may hold (annotations can reach 256 KiB each)."""
+        token = ""
+        while True:
+            query = {"limit": str(PAGE), **_selectors(label_selector, field_selector),
+                     **({"continue": token} if token else {})}
+            accept = METADATA_LIST if metadata_only else "application/json"
+            page = await self._call("GET", path, query=query, accept=accept)
+            items = page.get("items") or []
+            yield ([{"metadata": item.get("metadata") or {}} for item in items] if metadata_only else items,
+                   page.get("metadata", {}).get("resourceVersion", ""))
+            token = page.get("metadata", {}).get("continue", "")
+            if not token:
+                return
 
     async def create_secret(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("POST", self._secrets(body["metadata"]["namespace"]), body)
@@ -384,6 +396,11 @@ class Kube:
     def secret_paths(self, namespaces: tuple[str, ...]) -> list[str]:
         return [self._secrets(ns) for ns in namespaces] or ["/api/v1/secrets"]
 
+    @staticmethod
+    def identity_paths(namespaces: tuple[str, ...]) -> list[str]:
+        api = f"/apis/{GROUP}/{VERSION}"
+        return [f"{api}/namespaces/{quote(ns)}/{PLURAL}" for ns in namespaces] or [f"{api}/{PLURAL}"]
+
     def list_objects(self, path: str, label_selector: str = "", field_selector: str = "",
                      metadata_only: bool = True) -> tuple[list[dict[str, Any]], str]:
         """Blocking: every object under `path` (as PartialObjectMetadata when `metadata_only`), in small pages, and
@@ -392,7 +409,7 @@ class Kube:
         out: list[dict[str, Any]] = []
         token, version = "", ""
         while True:
-            query = {"limit": str(METADATA_PAGE), **_selectors(label_selector, field_selector),
+            query = {"limit": str(PAGE), **_selectors(label_selector, field_selector),
                      **({"continue": token} if token else {})}
             accept = METADATA_LIST if metadata_only else "application/json"
             page = self._request("GET", path, query=query, accept=accept)

@@ -106,7 +106,7 @@ def test_a_secret_that_stops_being_proven_is_forgotten(settings) -> None:
         r = Reconciler(settings, FakeKube({("shop", "api-mtls"): own}))  # type: ignore[arg-type]
         r.trigger = lambda key, urgent=False: None  # type: ignore[method-assign]
         r.identities.put(("shop", "api"), identity("api"))
-        await r.prefill_secrets([metadata_only(own), metadata_only(secret("lookalike", "api"))])
+        await r.prefill_secrets(r.proven_secrets([metadata_only(own), metadata_only(secret("lookalike", "api"))]))
         assert list(r.secrets) == [("shop", "api-mtls")]
         retargeted = secret("api-mtls", "api", OTHER_UID, rv="6")  # its reference now names someone else
         r.secret_event("MODIFIED", metadata_only(retargeted))
