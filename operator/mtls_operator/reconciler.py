@@ -145,6 +145,25 @@ class NewestCache:
         return len(self._items)
 
 
+class Shared:
+    """Hands back one object for equal values: every identity Secret's `ca.crt` is the same trust bundle, and 10,000
+    copies of it (base64 in the cached body, bytes in the parsed view) were megabytes of the operator's memory. A few
+    values are kept (a bundle during a root rotation, the one before and after it); an odd one just is not shared."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._values: dict[Any, Any] = {}
+
+    def __call__(self, value: Any) -> Any:
+        kept = self._values.get(value)
+        if kept is not None:
+            return kept
+        if len(self._values) >= self.size:
+            del self._values[next(iter(self._values))]
+        self._values[value] = value
+        return value
+
+
 class Reconciler:
     def __init__(self, settings: Settings, kube: Kube, clock=utcnow) -> None:
         self.settings = settings
@@ -152,7 +171,8 @@ class Reconciler:
         self.clock = clock
         self.identities = NewestCache()  # (ns, name) -> MtlsIdentity
         # (ns, secretName) -> a Secret proven ours (ownership.py), only the data fields we read. Nothing else is kept.
-        self.secrets = NewestCache(ownership.trimmed)
+        self._bundle_text, self._bundle_bytes = Shared(), Shared()
+        self.secrets = NewestCache(self._trimmed_secret)
         # The signing core shared with the pod-certificate signer: the CA in force, policy grants, fair slots.
         self.issuer = Issuer(settings, clock)
         self.ca_error = "the CA has not been loaded yet"
@@ -992,6 +1012,12 @@ class Reconciler:
         self._specs[key] = (version, parsed)
         return parsed
 
+    def _trimmed_secret(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        trimmed = ownership.trimmed(body)
+        if "ca.crt" in trimmed["data"]:
+            trimmed["data"]["ca.crt"] = self._bundle_text(trimmed["data"]["ca.crt"])
+        return trimmed
+
     def _view(self, skey: Key, secret: Mapping[str, Any] | None, uid: str) -> tlssecret.SecretView:
         """Parses a Secret once per resourceVersion: most reconciles find it unchanged since the last look."""
         if secret is None:
@@ -1002,6 +1028,8 @@ class Reconciler:
         if cached and cached[0] == version:
             return cached[1]
         view = tlssecret.read(secret, uid)
+        if view.ca_pem:
+            view = dataclasses.replace(view, ca_pem=self._bundle_bytes(view.ca_pem))
         self._views[skey] = (version, view)
         return view
 
