@@ -15,7 +15,6 @@ from aiohttp import web
 
 from . import readiness
 from .config import Settings
-from .spec import GROUP, PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +40,16 @@ class ProcessState:
             return readiness.STARTING
         return readiness.STANDBY
 
-    def _unwatched(self) -> tuple[str, ...]:
-        """The MtlsIdentity resource must be among kopf's watched resources. Without a view into kopf's insights
-        (another kopf version), its finished start-up is taken as enough."""
+    def _unwatched(self, reconciler: Any) -> tuple[str, ...]:
+        """Streams that should be watched and are not: kopf's (ServiceAccounts, policies, bundle ConfigMaps) until its
+        first scan is done, and the reconciler's own (MtlsIdentities, their Secrets) while one is down."""
+        down: tuple[str, ...] = ()
         insights = self.insights
-        if insights is None:
-            return ()
-        if not (insights.ready_resources.is_set() and insights.ready_namespaces.is_set()):
-            return (f"{PLURAL}.{GROUP}",)
-        watched = {(r.group, r.plural) for r in insights.watched_resources}
-        return () if (GROUP, PLURAL) in watched else (f"{PLURAL}.{GROUP}",)
+        if insights is not None and not (insights.ready_resources.is_set() and insights.ready_namespaces.is_set()):
+            down += ("kopf's watch streams (still scanning)",)
+        if reconciler is not None:
+            down += reconciler.unwatched()
+        return down
 
     def snapshot(self) -> readiness.Snapshot:
         s = self.settings
@@ -68,7 +67,7 @@ class ProcessState:
             lease_stale_after=s.lease_duration.total_seconds(),
             ca_problem=ca_problem,
             operator_started=bool(self.kopf_ready is not None and self.kopf_ready.is_set()),
-            unwatched=self._unwatched(),
+            unwatched=self._unwatched(reconciler),
         )
 
 

@@ -422,28 +422,34 @@ class Kube:
 
     def watch_objects(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
                       on_listed: Callable[[list[dict[str, Any]]], None], stop: threading.Event, *,
-                      label_selector: str = "", field_selector: str = "", metadata_only: bool = True) -> None:
+                      label_selector: str = "", field_selector: str = "", metadata_only: bool = True,
+                      health: WatchHealth | None = None) -> None:
         """Blocking (a thread of its own): on_event(type, object) for every change under `path` from `version` on
         (metadata only unless asked), until `stop` is set. When the version has expired (410) or the stream fails,
-        lists again and hands the whole list to on_listed, so deletions missed meanwhile are noticed."""
+        lists again and hands the whole list to on_listed, so deletions missed meanwhile are noticed. `health`, when
+        given, says at every moment whether the stream is up (for /readyz)."""
+        health = health or WatchHealth()
         backoff = 1.0
         while not stop.is_set():
             try:
                 if not version:
                     items, version = self.list_objects(path, label_selector, field_selector, metadata_only)
                     on_listed(items)
+                    health.up()
                 backoff = 1.0
                 while not stop.is_set() and version:
                     version = self._watch_objects_once(path, version, on_event, label_selector, field_selector,
-                                                       metadata_only) or ""
+                                                       metadata_only, health) or ""
             except Exception as e:  # the watch must outlive API hiccups
+                health.down(str(e) or type(e).__name__)
                 log.warning("watch on %s failed (%s); retrying in %.0fs", path, e, backoff)
                 version = ""
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
     def _watch_objects_once(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
-                            label_selector: str, field_selector: str, metadata_only: bool) -> str | None:
+                            label_selector: str, field_selector: str, metadata_only: bool,
+                            health: WatchHealth) -> str | None:
         query = [*_selectors(label_selector, field_selector).items(), ("watch", "true"), ("resourceVersion", version),
                  ("timeoutSeconds", "290"), ("allowWatchBookmarks", "true")]
         m, url, h, b, p = self._client.param_serialize(
@@ -454,7 +460,9 @@ class Kube:
         raw = resp.response
         try:
             if resp.status >= 400:
+                health.down(f"HTTP {resp.status}")
                 return None
+            health.up()
             for event in _watch_events(raw):
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
@@ -466,6 +474,21 @@ class Kube:
         finally:
             with contextlib.suppress(Exception):
                 raw.release_conn()
+
+
+class WatchHealth:
+    """Whether one of our list-and-watch streams is up, and why not: written by its thread, read by /readyz. A stream
+    starts up (its first list was just read by start-up); a failed list or watch request takes it down until one
+    succeeds again."""
+
+    def __init__(self) -> None:
+        self.problem: str | None = None  # None: up
+
+    def up(self) -> None:
+        self.problem = None
+
+    def down(self, problem: str) -> None:
+        self.problem = problem
 
 
 def _payload(status: int, data: bytes) -> Any:

@@ -1,7 +1,8 @@
 """When a replica counts as ready (the /readyz verdict). Pure: the health server gathers a Snapshot, this judges it.
 
-A leader is ready once it can serve: the issuing CA is loaded, kopf's watch streams run (its start-up — the caches
-filled by LIST, the CA bootstrapped — is over, and the MtlsIdentity resource is being watched), and its lease is fresh.
+A leader is ready once it can serve: the issuing CA is loaded, its start-up is over (the caches filled by LIST, the CA
+bootstrapped), its watch streams run (kopf's and the reconciler's own, for MtlsIdentities and their Secrets), and
+its lease is fresh.
 
 A leader whose write fence has closed (fence.py: no renewal within the deadline) is not ready either, even before it
 has stepped down: it writes nothing, and saying "ready" would hide that.
@@ -32,7 +33,7 @@ class Snapshot:
     lease_held: bool = True  # the write fence is open: the lease was renewed recently enough to act on it
     ca_problem: str | None = "the CA has not been loaded yet"  # None: the issuing CA is loaded and valid
     operator_started: bool = False  # kopf's start-up handlers are done: caches filled, CA bootstrapped
-    unwatched: tuple[str, ...] = ()  # resources kopf does not watch (yet)
+    unwatched: tuple[str, ...] = ()  # watch streams not running (yet, or any more), each with its reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ def assess(s: Snapshot) -> Verdict:
             missing.append("the operator is starting (listing Secrets, loading the CA)")
         else:
             if s.unwatched:
-                missing.append(f"not watching {', '.join(s.unwatched)} (is the CRD installed?)")
+                missing.append(f"not watching {', '.join(s.unwatched)}")
             if s.ca_problem is not None:
                 missing.append(f"no usable CA: {s.ca_problem}")
     elif s.role == STARTING and not missing:

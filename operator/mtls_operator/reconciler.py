@@ -27,11 +27,11 @@ from .clustertrustbundle import ClusterTrustBundlePublisher
 from .config import Settings
 from .fairness import FairQueue, RenewLimiter, RenewLimits, key_cost
 from .issuer import Issuer
-from .kube import ApiError, Conflict, Kube, NotFound
+from .kube import ApiError, Conflict, Kube, NotFound, WatchHealth
 from .rotator import KEY as ROTATION_KEY
 from .rotator import RootRotator
 from .scheduler import Scheduler
-from .spec import GROUP, KIND, IdentitySpec, InvalidSpec, parse
+from .spec import GROUP, KIND, PLURAL, IdentitySpec, InvalidSpec, parse
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
@@ -216,6 +216,7 @@ class Reconciler:
         self._reissue_rate = RateLimiter(settings.reissue_rate)
         self._paced: dict[Key, float] = {}  # identity -> its reserved turn for a reissue (loop time)
         self._ca_watch_stop = threading.Event()
+        self._watches: dict[str, WatchHealth] = {}  # our own list-and-watch streams, by what they watch
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
         self.bundles = TrustBundles(kube, settings.bundle_configmap, settings.bundle_namespaces,
                                     bundle=lambda: self.ca.bundle_pem if self.ca else None,
@@ -512,13 +513,13 @@ class Reconciler:
         each event is handed straight to identity_event, without kopf's per-event machinery (per-object worker task and
         memory, loggers, cause detection, handler invocation, patch application) that a raw event handler never uses —
         about a sixth of the operator's CPU per identity, and per-object state held for every identity."""
-        self._start_watch(loop, path, version, self.identity_event, self.identities_listed, "identity", "",
+        self._start_watch(loop, path, version, self.identity_event, self.identities_listed, f"{PLURAL}.{GROUP}", "",
                           metadata_only=False)
 
     def start_secret_watch(self, loop: asyncio.AbstractEventLoop, path: str, version: str) -> None:
         """The labelled Secrets under one path, metadata only (kube.watch_objects), from the start-up list's version.
         kopf's watch would hand every look-alike's whole body to this process (and hold it while its worker idles)."""
-        self._start_watch(loop, path, version, self.secret_event, self.secrets_listed, "secret",
+        self._start_watch(loop, path, version, self.secret_event, self.secrets_listed, "secrets",
                           tlssecret.MANAGED_SELECTOR, metadata_only=True)
 
     def _start_watch(self, loop: asyncio.AbstractEventLoop, path: str, version: str,
@@ -526,14 +527,20 @@ class Reconciler:
                      on_listed: Callable[[str | None, list[dict[str, Any]]], None], what: str, label_selector: str,
                      metadata_only: bool) -> None:
         """A list-and-watch on a thread of its own (kube.watch_objects), each event and each re-list handed to the
-        event loop."""
+        event loop; its health is kept for unwatched()."""
         namespace = path.split("/namespaces/", 1)[1].split("/", 1)[0] if "/namespaces/" in path else None
+        health = self._watches[f"{what} in {namespace}" if namespace else what] = WatchHealth()
         thread = threading.Thread(
             target=self.kube.watch_objects, name=f"{what}-watch:{namespace or '*'}", daemon=True,
             args=(path, version, lambda kind, body: loop.call_soon_threadsafe(on_event, kind, body),
                   lambda bodies: loop.call_soon_threadsafe(on_listed, namespace, bodies), self._ca_watch_stop),
-            kwargs={"label_selector": label_selector, "metadata_only": metadata_only})
+            kwargs={"label_selector": label_selector, "metadata_only": metadata_only, "health": health})
         thread.start()
+
+    def unwatched(self) -> tuple[str, ...]:
+        """The streams this reconciler watches itself that are down, each with its last error (for /readyz)."""
+        return tuple(f"{what} ({health.problem})" for what, health in list(self._watches.items())
+                     if health.problem is not None)
 
     def stop(self) -> None:
         """No more writes from this process (shutdown, or the lease is lost): cancel every reconcile in flight."""

@@ -135,6 +135,13 @@ def test_an_api_server_outage_does_not_kill_the_operator(api: Api, operator: Ope
         assert op.proc.poll() is None
 
 
+def test_the_serving_leader_says_ready(operator: OperatorProcess) -> None:
+    """/readyz of the leader, once it serves: every stream it needs is watched (kopf's and its own), nothing missing.
+    The kubelet's readiness probe and helm's --wait hang on this answer."""
+    status, body = wait_for("/readyz to say ready", lambda: (r := _probe(operator, "/readyz"))[0] == 200 and r)
+    assert body == {"ready": True, "role": "leader", "missing": []}, (status, body)
+
+
 def test_sigterm_hands_the_lease_over_at_once(api: Api, operator: OperatorProcess) -> None:
     """A clean shutdown releases the Lease before the process exits: the next replica need not wait for expiry."""
     wait_for("the operator to hold the lease", lambda: f"-{operator.proc.pid}-" in _holder(api))

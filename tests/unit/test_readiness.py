@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import types
 
-import kopf
 from aiohttp.test_utils import TestClient, TestServer
 
 from mtls_operator import readiness
@@ -16,7 +15,6 @@ from mtls_operator.fence import Fence
 from mtls_operator.fence import now as fence_now
 from mtls_operator.health import HealthServer, ProcessState
 from mtls_operator.readiness import LEADER, STANDBY, STARTING, STOPPING, Snapshot, assess
-from mtls_operator.spec import GROUP, PLURAL
 
 LEADING = Snapshot(role=LEADER, lease_looping=True, lease_age=1.0, ca_problem=None, operator_started=True)
 STANDING_BY = Snapshot(role=STANDBY, lease_looping=True, lease_age=1.0)
@@ -37,8 +35,8 @@ def test_a_leader_waits_for_start_up_watches_and_ca() -> None:
     starting = assess(dataclasses.replace(LEADING, operator_started=False))
     assert not starting.ready and starting.http_status == 503
     assert starting.missing == ("the operator is starting (listing Secrets, loading the CA)",)
-    unwatched = assess(dataclasses.replace(LEADING, unwatched=("mtlsidentities.mtls-operator.io",)))
-    assert unwatched.missing == ("not watching mtlsidentities.mtls-operator.io (is the CRD installed?)",)
+    unwatched = assess(dataclasses.replace(LEADING, unwatched=("mtlsidentities.mtls-operator.io (HTTP 404)",)))
+    assert unwatched.missing == ("not watching mtlsidentities.mtls-operator.io (HTTP 404)",)
     broken = assess(dataclasses.replace(LEADING, ca_problem="CA Secret x/y does not exist"))
     assert broken.missing == ("no usable CA: CA Secret x/y does not exist",)
 
@@ -72,12 +70,16 @@ class FakeElector:
         self.fence.grant(fence_now(), 60)
 
 
-def _insights(*resources: tuple[str, str, str]) -> types.SimpleNamespace:
-    """kopf's insights as its observers leave them once the initial scan is done."""
+def _insights(scanned: bool = True) -> types.SimpleNamespace:
+    """kopf's insights as its observers leave them before and after the initial scan."""
     ready = asyncio.Event()
-    ready.set()
-    return types.SimpleNamespace(ready_resources=ready, ready_namespaces=ready,
-                                 watched_resources={kopf.Resource(*r) for r in resources})
+    if scanned:
+        ready.set()
+    return types.SimpleNamespace(ready_resources=ready, ready_namespaces=ready)
+
+
+def _reconciler(ca: object = None, ca_error: str = "", down: tuple[str, ...] = ()) -> types.SimpleNamespace:
+    return types.SimpleNamespace(ca=ca, ca_error=ca_error, unwatched=lambda: down)
 
 
 def test_process_state_from_standby_to_leading() -> None:
@@ -90,14 +92,17 @@ def test_process_state_from_standby_to_leading() -> None:
         state.leading = True
         state.memo = types.SimpleNamespace()  # kopf's start-up handler has not made the reconciler yet
         state.kopf_ready = asyncio.Event()
-        state.insights = _insights()
+        state.insights = _insights(scanned=False)
         assert assess(state.snapshot()).missing[0].startswith("the operator is starting")
-        state.memo.reconciler = types.SimpleNamespace(ca=object(), ca_error="")
+        state.memo.reconciler = _reconciler(ca=object())
         state.kopf_ready.set()
-        assert state.snapshot().unwatched == (f"{PLURAL}.{GROUP}",)
-        state.insights = _insights(("", "v1", "secrets"), (GROUP, "v1alpha1", PLURAL))
+        assert state.snapshot().unwatched == ("kopf's watch streams (still scanning)",)
+        state.insights = _insights()
         assert assess(state.snapshot()).ready
-        state.memo.reconciler = types.SimpleNamespace(ca=None, ca_error="CA Secret a/b is unusable: expired")
+        # One of the reconciler's own streams is down (the CRD was deleted, say): not ready, and why.
+        state.memo.reconciler = _reconciler(ca=object(), down=("mtlsidentities.mtls-operator.io (HTTP 404)",))
+        assert assess(state.snapshot()).missing == ("not watching mtlsidentities.mtls-operator.io (HTTP 404)",)
+        state.memo.reconciler = _reconciler(ca_error="CA Secret a/b is unusable: expired")
         assert assess(state.snapshot()).missing == ("no usable CA: CA Secret a/b is unusable: expired",)
         state.stopping = True
         assert state.snapshot().role == STOPPING
@@ -112,8 +117,8 @@ def test_a_leader_that_lost_its_lease_says_so_then_stands_by_again() -> None:
     async def go() -> None:
         state = ProcessState(Settings(lease_duration=dt.timedelta(seconds=15)))
         state.elector = FakeElector(looping=True, last_contact=fence_now())
-        state.leading, state.kopf_ready, state.insights = True, asyncio.Event(), _insights((GROUP, "v1alpha1", PLURAL))
-        state.memo = types.SimpleNamespace(reconciler=types.SimpleNamespace(ca=object(), ca_error=""))
+        state.leading, state.kopf_ready, state.insights = True, asyncio.Event(), _insights()
+        state.memo = types.SimpleNamespace(reconciler=_reconciler(ca=object()))
         state.kopf_ready.set()
         assert assess(state.snapshot()).ready
         state.elector.fence.close()  # no renewal within the deadline: fenced, not yet stepped down
