@@ -3,17 +3,13 @@ and what capacity planning needs (issuance counts, reconcile latency, renewal la
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterator
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 LABELS = ("namespace", "name")
 
-certificate_expiry = Gauge(
-    "mtls_operator_certificate_expiry_timestamp_seconds", "notAfter of the identity's current certificate", LABELS)
-certificate_renewal = Gauge(
-    "mtls_operator_certificate_renewal_timestamp_seconds", "when the identity's certificate will be renewed", LABELS)
-identity_ready = Gauge("mtls_operator_identity_ready", "1 when the identity's Ready condition is True", LABELS)
 issuance = Counter("mtls_operator_issuance_total", "certificates issued, by reason", ("reason",))
 failures = Counter("mtls_operator_failures_total", "reconciles that ended not Ready, by reason", ("reason",))
 reconcile_seconds = Histogram(
@@ -47,9 +43,45 @@ pod_signer_serving = Gauge(
 ca_expiry = Gauge("mtls_operator_ca_expiry_timestamp_seconds", "notAfter of the issuing CA")
 
 
-def forget(namespace: str, name: str) -> None:
-    """Drops a deleted identity's series, so thousands of churned identities do not grow the scrape forever."""
-    for gauge in (certificate_expiry, certificate_renewal, identity_ready):
-        with contextlib.suppress(KeyError):
-            gauge.remove(namespace, name)
+class IdentityGauges:
+    """The per-identity gauges (ready, expiry, renewal): one small record per identity, turned into samples at scrape
+    time. prometheus_client's labelled Gauge keeps an object with its own lock per series: three per identity came to
+    about 2 KB an identity, 20 MB of a 10,000-identity operator's memory."""
 
+    FAMILIES = (
+        ("mtls_operator_identity_ready", "1 when the identity's Ready condition is True"),
+        ("mtls_operator_certificate_expiry_timestamp_seconds", "notAfter of the identity's current certificate"),
+        ("mtls_operator_certificate_renewal_timestamp_seconds", "when the identity's certificate will be renewed"),
+    )
+
+    def __init__(self) -> None:
+        self._records: dict[tuple[str, str], tuple[float, float | None, float | None]] = {}
+
+    def serving(self, key: tuple[str, str], expiry: float, renewal: float | None = None) -> None:
+        """Ready with a certificate valid until `expiry`, renewed at `renewal` (the last one kept when not given)."""
+        previous = self._records.get(key)
+        self._records[key] = (1.0, expiry, previous[2] if renewal is None and previous else renewal)
+
+    def not_ready(self, key: tuple[str, str]) -> None:
+        """Not Ready; the last certificate's times stay (a failed renewal leaves the old certificate in place)."""
+        previous = self._records.get(key)
+        self._records[key] = (0.0, *previous[1:]) if previous else (0.0, None, None)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """A deleted identity's series go, so thousands of churned identities do not grow the scrape forever."""
+        self._records.pop(key, None)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter([GaugeMetricFamily(name, text, labels=LABELS) for name, text in self.FAMILIES])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = [GaugeMetricFamily(name, text, labels=LABELS) for name, text in self.FAMILIES]
+        for key, record in list(self._records.items()):
+            for family, value in zip(families, record, strict=True):
+                if value is not None:
+                    family.add_metric(key, value)
+        return iter(families)
+
+
+identities = IdentityGauges()
+REGISTRY.register(identities)

@@ -24,6 +24,7 @@ from . import caloss, metrics, ownership, pki, plan, policy, rotation, status, t
 from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .clustertrustbundle import ClusterTrustBundlePublisher
+from .compact import compact
 from .config import Settings
 from .fairness import FairQueue, RenewLimiter, RenewLimits, key_cost
 from .issuer import Issuer
@@ -102,8 +103,8 @@ class NewestCache:
 
     MAX_TOMBSTONES = 10000
 
-    def __init__(self, trim=None) -> None:
-        self._trim = trim  # what of an object is kept (default: all but managedFields)
+    def __init__(self, trim: Callable[[Mapping[str, Any]], dict[str, Any]] = compact) -> None:
+        self._trim = trim  # what of an object is kept, and how
         self._items: dict[Hashable, dict[str, Any]] = {}
         self._deleted: dict[str, None] = {}  # uids, oldest first
 
@@ -112,13 +113,7 @@ class NewestCache:
             return
         current = self._items.get(key)
         if current is None or _uid(current) != _uid(body) or _rv(body) >= _rv(current) or not _rv(body):
-            if self._trim is not None:
-                self._items[key] = self._trim(body)
-                return
-            item = dict(body)
-            # managedFields is often the largest part of an object and nothing here reads it.
-            item["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-            self._items[key] = item
+            self._items[key] = self._trim(body)
 
     def drop(self, key: Hashable, body: Mapping[str, Any] | None = None) -> None:
         """Forgets the object; given the deleted body, only if the cached one is that object (same uid): a late
@@ -265,7 +260,7 @@ class Reconciler:
             if isinstance(parsed, IdentitySpec):
                 self._views.pop((parsed.namespace, parsed.secret_name), None)
                 self._by_service_account.get((parsed.namespace, parsed.service_account), set()).discard(key)
-            metrics.forget(*key)
+            metrics.identities.forget(key)
             return
         previous = self.identities.get(key)
         self.identities.put(key, body)
@@ -783,10 +778,7 @@ class Reconciler:
             ready["message"] = (f"{ready['message']}; a renewal request ({tlssecret.ANN_RENEW_REQUEST}) is deferred by "
                                 f"the per-{deferred[1]} rate limit until {status.timestamp(deferred[0])}")
         await self._set_status(key, body, desired)
-        metrics.identity_ready.labels(*key).set(1)
-        metrics.certificate_expiry.labels(*key).set(cert.not_valid_after_utc.timestamp())
-        if renewal:
-            metrics.certificate_renewal.labels(*key).set(renewal.timestamp())
+        metrics.identities.serving(key, cert.not_valid_after_utc.timestamp(), renewal.timestamp() if renewal else None)
         if next_look:
             self.scheduler.schedule(key, next_look)
         else:
@@ -949,8 +941,7 @@ class Reconciler:
             if now < due:
                 # Still good: keep it (and Ready), and look again when it falls due, to report then if need be.
                 self.scheduler.schedule(key, due)
-                metrics.identity_ready.labels(*key).set(1)
-                metrics.certificate_expiry.labels(*key).set(cert.not_valid_after_utc.timestamp())
+                metrics.identities.serving(key, cert.not_valid_after_utc.timestamp())
                 return
         reason = status.Ready.CA_LOST if self.ca_loss is not None else status.Ready.CA_UNAVAILABLE
         await self._report_failure(body, reason, self.ca_error)
@@ -967,7 +958,7 @@ class Reconciler:
         generation = body["metadata"].get("generation", 0)
         version = (body["metadata"].get("uid", ""), generation)
         desired = status.failed(previous, reason, message, generation, self.clock())
-        metrics.identity_ready.labels(*key).set(0)
+        metrics.identities.not_ready(key)
         if self._unwritable.get(key) == version:
             return  # refused already: only a new spec (a new generation) or a new object can be written
         try:
@@ -1020,7 +1011,7 @@ class Reconciler:
         return parsed
 
     def _trimmed_secret(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        trimmed = ownership.trimmed(body)
+        trimmed = compact(ownership.trimmed(body))
         if "ca.crt" in trimmed["data"]:
             trimmed["data"]["ca.crt"] = self._bundle_text(trimmed["data"]["ca.crt"])
         return trimmed

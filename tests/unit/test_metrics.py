@@ -1,0 +1,35 @@
+"""The per-identity gauges: what a scrape shows through an identity's life (issued, failing, renewed, deleted)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from mtls_operator.metrics import IdentityGauges
+
+
+def _scrape(gauges: IdentityGauges) -> list[str]:
+    registry = CollectorRegistry()
+    registry.register(gauges)
+    return [line for line in generate_latest(registry).decode().splitlines() if not line.startswith("#")]
+
+
+def test_an_identity_through_its_life() -> None:
+    gauges = IdentityGauges()
+    key = ("shop", "web")
+    gauges.not_ready(key)  # refused before it ever had a certificate: only the ready series
+    assert _scrape(gauges) == ['mtls_operator_identity_ready{name="web",namespace="shop"} 0.0']
+    gauges.serving(key, 2000.0, 1500.0)
+    assert _scrape(gauges) == [
+        'mtls_operator_identity_ready{name="web",namespace="shop"} 1.0',
+        'mtls_operator_certificate_expiry_timestamp_seconds{name="web",namespace="shop"} 2000.0',
+        'mtls_operator_certificate_renewal_timestamp_seconds{name="web",namespace="shop"} 1500.0',
+    ]
+    gauges.not_ready(key)  # a failed renewal: the old certificate's times stay, for the expiry alert
+    assert 'mtls_operator_identity_ready{name="web",namespace="shop"} 0.0' in _scrape(gauges)
+    assert 'mtls_operator_certificate_expiry_timestamp_seconds{name="web",namespace="shop"} 2000.0' in _scrape(gauges)
+    gauges.serving(key, 3000.0)  # still served without a CA: the renewal time is kept
+    assert 'mtls_operator_certificate_renewal_timestamp_seconds{name="web",namespace="shop"} 1500.0' in _scrape(gauges)
+    gauges.serving(("bank", "db"), 4000.0, 3500.0)
+    gauges.forget(key)
+    assert not [line for line in _scrape(gauges) if 'namespace="shop"' in line]
+    assert len(_scrape(gauges)) == 3
