@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -77,7 +76,6 @@ def _public_bytes(key: PrivateKey | PublicKey) -> bytes:
     return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-@functools.lru_cache(maxsize=16384)  # reconciles re-check the same parsed objects; see reconciler._view
 def key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:
     return _public_bytes(key) == _public_bytes(cert.public_key())
 
@@ -92,6 +90,12 @@ def load_chain(pem: bytes) -> list[x509.Certificate]:
     if not chain:
         raise PKIError("no certificate in PEM data")
     return chain
+
+
+def bare(cert: x509.Certificate) -> x509.Certificate:
+    """The same certificate, parsed afresh: reading a certificate's extensions leaves them parsed inside the object
+    (about 3 KB for a leaf). A certificate kept for long is kept bare, once what is needed of it has been read."""
+    return x509.load_der_x509_certificate(cert.public_bytes(serialization.Encoding.DER))
 
 
 def to_pem(*certs: x509.Certificate) -> bytes:
@@ -122,7 +126,6 @@ def can_sign_certificates(cert: x509.Certificate) -> bool:
         return True  # no KeyUsage: RFC 5280 puts no limit on the key
 
 
-@functools.lru_cache(maxsize=16384)
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True when `issuer` signed `cert` (names chain and the signature verifies)."""
     try:
@@ -132,7 +135,6 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=16384)
 def spiffe_ids(cert: x509.Certificate) -> tuple[str, ...]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -73,8 +73,7 @@ def renewal_time(cert_not_after: dt.datetime, spec: IdentitySpec, serial: int) -
 
 def _issue(reason: Reason, message: str, view: tlssecret.SecretView, spec: IdentitySpec,
            trusted_key: bool) -> Decision:
-    keep = (not spec.key.rotate and trusted_key and view.key is not None
-            and pki.key_label(view.key) == spec.key.label)
+    keep = not spec.key.rotate and trusted_key and view.key_fits and view.key_label == spec.key.label
     return Decision(Action.ISSUE, reason, message, reuse_key=keep)
 
 
@@ -110,23 +109,23 @@ def _decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.date
     if not view.owned:
         return Decision(Action.CONFLICT, Reason.SECRET_CONFLICT,
                         f"Secret {spec.secret_name} exists and is not owned by this MtlsIdentity; it is left untouched")
-    if view.cert is None or view.key is None:
+    if view.cert is None or not view.key_pem:
         return _issue(Reason.TAMPERED, f"Secret content is unreadable ({view.problem})", view, spec, False)
     cert = view.cert
-    if not pki.key_matches(cert, view.key):
+    if not view.key_fits:
         return _issue(Reason.TAMPERED, "tls.key does not belong to tls.crt", view, spec, False)
     legacy = False
-    if not pki.issued_by(cert, ca.cert) and _legacy_leaf(cert, view, ca):
+    if not view.issued_by(ca.cert) and _legacy_leaf(cert, view, ca):
         legacy = True  # kept, chain and all, until the recovered root has reached every bundle
-    elif not pki.issued_by(cert, ca.cert):
+    elif not view.issued_by(ca.cert):
         if view.annotations.get(tlssecret.ANN_ISSUER) != ca.fingerprint:
             # The key is not kept even under rotationPolicy Never: nothing proves this pair came from us (the
             # annotation is editable), and signing a pasted-in key would hand its owner this identity.
             return _issue(Reason.CA_CHANGED, "the certificate was issued by a previous CA", view, spec, False)
         return _issue(Reason.TAMPERED, "tls.crt was not issued by the operator's CA", view, spec, False)
-    if pki.spiffe_ids(cert) != (spec.spiffe_id,):
+    if view.spiffe_ids != (spec.spiffe_id,):
         return _issue(Reason.TAMPERED, "tls.crt names another identity", view, spec, False)
-    if view.annotations.get(tlssecret.ANN_SPEC_HASH) != spec.shape_hash or pki.key_label(view.key) != spec.key.label:
+    if view.annotations.get(tlssecret.ANN_SPEC_HASH) != spec.shape_hash or view.key_label != spec.key.label:
         return _issue(Reason.SPEC_CHANGED, "the spec asks for a different certificate", view, spec, True)
     if renew_request and view.annotations.get(tlssecret.ANN_RENEW_HANDLED) != renew_request:
         return _issue(Reason.REQUESTED, f"renewal requested ({tlssecret.ANN_RENEW_REQUEST}={renew_request})",

@@ -745,16 +745,16 @@ class Reconciler:
 
         try:
             if decision.action is plan.Action.ISSUE:
-                cert, key_obj, renewal, revision = await self._issue(body, spec, view, decision, ca)
+                cert, renewal, revision = await self._issue(body, spec, view, decision, ca)
             else:
-                assert view.cert is not None and view.key is not None
-                cert, key_obj, renewal, revision = view.cert, view.key, decision.renewal_time, view.revision
+                assert view.cert is not None
+                cert, renewal, revision = view.cert, decision.renewal_time, view.revision
                 if decision.action is plan.Action.REFRESH:
                     annotations = {k: v for k, v in view.annotations.items() if k.startswith(GROUP + "/")}
                     # A lost root's leaf kept through a recovery keeps the chain it came with.
-                    chain = ca.chain_pem() if pki.issued_by(cert, ca.cert) else view.chain_pem
+                    chain = ca.chain_pem() if view.issued_by(ca.cert) else view.chain_pem
                     await self._write(spec, body, view, tlssecret.build(
-                        spec, body["metadata"]["uid"], cert, key_obj, chain, ca.bundle_pem, annotations,
+                        spec, body["metadata"]["uid"], cert, view.private_key(), chain, ca.bundle_pem, annotations,
                         view.resource_version))
         except ApiError as e:
             if isinstance(e, (Conflict, NotFound)) or e.status not in UNWRITABLE_STATUSES:
@@ -875,7 +875,7 @@ class Reconciler:
         spare = self._spare_keys.get(ikey)
         if spare is not None and pki.key_label(spare) != spec.key.label:
             spare = None
-        kept_key = view.key if decision.reuse_key else spare
+        kept_key = view.private_key() if decision.reuse_key else spare
 
         def make_key() -> pki.PrivateKey:
             return kept_key or pki.generate_key(spec.key.algorithm, spec.key.size)
@@ -915,7 +915,7 @@ class Reconciler:
             # Cut short by the CA: reissuing from it cannot help; a new CA triggers the next issuance, and failing
             # that, the look at expiry reports it.
             renewal = cert.not_valid_after_utc
-        return cert, key_obj, renewal, revision
+        return cert, renewal, revision
 
     async def _write(self, spec: IdentitySpec, body: dict[str, Any], view: tlssecret.SecretView,
                      secret: dict[str, Any]) -> None:

@@ -30,9 +30,9 @@ def identity(settings: Settings) -> spec.IdentitySpec:
     return spec.parse("payments", "api", {}, settings)
 
 
-def issue_view(ident: spec.IdentitySpec, authority: ca_mod.CA, now: dt.datetime = NOW, revision: int = 1,
-               key: pki.PrivateKey | None = None, **changes) -> tlssecret.SecretView:
-    """The view of a Secret exactly as the operator would have written it for `ident` at `now`."""
+def issue_body(ident: spec.IdentitySpec, authority: ca_mod.CA, now: dt.datetime = NOW, revision: int = 1,
+               key: pki.PrivateKey | None = None) -> dict:
+    """A Secret exactly as the operator would have written it for `ident` at `now`."""
     key = key or pki.generate_key(ident.key.algorithm, ident.key.size)
     request = pki.LeafRequest(ident.spiffe_id, ident.dns_names, ident.ip_addresses, ident.server, ident.client,
                               ident.duration)
@@ -40,5 +40,19 @@ def issue_view(ident: spec.IdentitySpec, authority: ca_mod.CA, now: dt.datetime 
     body = tlssecret.build(ident, UID, cert, key, authority.chain_pem(), authority.bundle_pem,
                            tlssecret.record(ident, cert, authority.fingerprint, revision, ""), "7")
     body["metadata"]["resourceVersion"] = "7"
-    view = tlssecret.read(body, UID)
+    return body
+
+
+def issue_view(ident: spec.IdentitySpec, authority: ca_mod.CA, now: dt.datetime = NOW, revision: int = 1,
+               key: pki.PrivateKey | None = None, **changes) -> tlssecret.SecretView:
+    """The view of that Secret."""
+    view = tlssecret.read(issue_body(ident, authority, now, revision, key), UID)
     return dataclasses.replace(view, **changes) if changes else view
+
+
+def swapped_key(ident: spec.IdentitySpec, authority: ca_mod.CA) -> tlssecret.SecretView:
+    """The view of that Secret with another key of the same kind pasted into tls.key."""
+    body = issue_body(ident, authority)
+    other = pki.generate_key(ident.key.algorithm, ident.key.size)
+    body["data"]["tls.key"] = tlssecret.b64(pki.key_to_pem(other))
+    return tlssecret.read(body, UID)

@@ -18,7 +18,7 @@ WHERE = "mtls-operator/mtls-operator-ca"
 
 def _secret_body(ident, authority: ca_mod.CA, ca_secret: str = WHERE) -> dict:
     view = issue_view(ident, authority)
-    body = tlssecret.build(ident, UID, view.cert, view.key, authority.chain_pem(), authority.bundle_pem,
+    body = tlssecret.build(ident, UID, view.cert, view.private_key(), authority.chain_pem(), authority.bundle_pem,
                            tlssecret.record(ident, view.cert, authority.fingerprint, 1, "", ca_secret), "7")
     return body
 

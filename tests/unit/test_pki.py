@@ -143,7 +143,7 @@ def test_expired_and_future_cas_are_refused() -> None:
 
 def test_leaf_certificate_is_not_accepted_as_ca(root, identity) -> None:
     view = issue_view(identity, root)
-    data = {"tls.crt": pki.to_pem(view.cert), "tls.key": pki.key_to_pem(view.key)}
+    data = {"tls.crt": pki.to_pem(view.cert), "tls.key": view.key_pem}
     with pytest.raises(ca_mod.CAError, match="not a CA certificate"):
         ca_mod.load(data, NOW)
 

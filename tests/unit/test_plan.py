@@ -8,11 +8,11 @@ import datetime as dt
 import pytest
 
 from mtls_operator import ca as ca_mod
-from mtls_operator import pki, plan, spec, tlssecret
+from mtls_operator import plan, spec, tlssecret
 from mtls_operator.config import Settings
 from mtls_operator.plan import Action, Reason
 
-from .conftest import NOW, UID, issue_view
+from .conftest import NOW, UID, issue_view, swapped_key
 
 
 def test_missing_secret_is_issued(identity, root) -> None:
@@ -44,12 +44,13 @@ def test_fresh_certificate_needs_nothing_and_schedules_renewal(identity, root) -
 
 
 @pytest.mark.parametrize("tamper, detail", [
-    (lambda v: dataclasses.replace(v, key=pki.generate_key("ECDSA", 256)), "tls.key does not belong"),
-    (lambda v: dataclasses.replace(v, cert=None, problem="tls.crt: garbage"), "unreadable"),
-    (lambda v: dataclasses.replace(v, key=None, problem="tls.key: garbage"), "unreadable"),
+    (lambda i, r: swapped_key(i, r), "tls.key does not belong"),
+    (lambda i, r: issue_view(i, r, cert=None, problem="tls.crt: garbage"), "unreadable"),
+    (lambda i, r: issue_view(i, r, key_pem=b"", key_label="", key_fits=False, problem="tls.key: garbage"),
+     "unreadable"),
 ])
 def test_tampered_content_is_reissued_with_a_new_key(identity, root, tamper, detail) -> None:
-    d = plan.decide(identity, tamper(issue_view(identity, root)), root, NOW)
+    d = plan.decide(identity, tamper(identity, root), root, NOW)
     assert (d.action, d.reason) == (Action.ISSUE, Reason.TAMPERED)
     assert detail in d.message
     assert not d.reuse_key
@@ -127,7 +128,8 @@ def test_rotation_policy_never_keeps_a_trusted_key_only(root, settings) -> None:
     view = issue_view(keep, root)
     due = plan.renewal_time(view.cert.not_valid_after_utc, keep, view.cert.serial_number)
     assert plan.decide(keep, view, root, due).reuse_key
-    tampered = dataclasses.replace(view, key=pki.generate_key("ECDSA", 256))
+    tampered = swapped_key(keep, root)
+    assert not tampered.key_fits and tampered.key_label == view.key_label
     assert not plan.decide(keep, tampered, root, due).reuse_key
     # A key of the wrong type is never kept, whatever the policy.
     rsa = spec.parse("payments", "api", {"privateKey": {"rotationPolicy": "Never", "algorithm": "RSA"}}, settings)
