@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
-import json
 import logging
 import threading
 import uuid
@@ -21,6 +20,7 @@ from urllib.parse import quote
 
 import aiohttp
 import kubernetes
+import orjson
 
 from .fence import Fence
 from .spec import GROUP, PLURAL, VERSION
@@ -49,7 +49,7 @@ def _watch_events(raw: Any) -> Iterator[dict[str, Any]]:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             if line.strip():
-                yield json.loads(line)
+                yield orjson.loads(line)
 
 
 class ApiError(Exception):
@@ -140,7 +140,7 @@ class Kube:
                     accept: str = "application/json") -> Any:
         """One call from the event loop (transport.py). Network errors are aiohttp's (ClientError, TimeoutError)."""
         session, slots = self._session.open()
-        data = json.dumps(body).encode() if body is not None else None
+        data = orjson.dumps(body) if body is not None else None
         extra = {"Accept": accept, **({"Content-Type": content_type} if data is not None else {})}
         retries = 0 if method in MUTATING else READ_RETRIES
         async with slots:  # a slot means a connection: nothing queues between the gate and the wire
@@ -494,8 +494,8 @@ class WatchHealth:
 def _payload(status: int, data: bytes) -> Any:
     """The decoded body of an answer, or the ApiError it stands for."""
     try:
-        payload = json.loads(data) if data else {}
-    except ValueError:  # not JSON: a proxy's error page, say
+        payload = orjson.loads(data) if data else {}
+    except orjson.JSONDecodeError:  # not JSON: a proxy's error page, say
         if status < 400:
             raise
         payload = {}
