@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
@@ -53,13 +54,14 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
                     reconciler.identities.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
                 identity_versions[path] = version
         secret_versions: dict[str, str] = {}
-        proven = []
-        for path in kube.secret_paths(namespaces):
-            async for items, version in kube.pages(path, tlssecret.MANAGED_SELECTOR):
-                proven += reconciler.proven_secrets(items)
-                secret_versions[path] = version
-        await reconciler.prefill_secrets(proven)
-        del proven
+
+        async def proven_pages() -> AsyncIterator[list[tuple[str, str]]]:
+            for path in kube.secret_paths(namespaces):
+                async for items, version in kube.pages(path, tlssecret.MANAGED_SELECTOR):
+                    secret_versions[path] = version
+                    yield reconciler.proven_secrets(items)
+
+        await reconciler.prefill_secrets(proven_pages())
         if memo.settings.bundle_configmap:
             for body in await kube.list_all("/api/v1", "configmaps", namespaces, tlssecret.MANAGED_SELECTOR,
                                             bundle_selector(memo.settings)):

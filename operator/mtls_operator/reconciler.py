@@ -16,7 +16,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from typing import Any
 
 from . import ca as ca_mod
@@ -333,16 +333,27 @@ class Reconciler:
         nothing else of the list."""
         return [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies if self.proven_owner(b)]
 
-    async def prefill_secrets(self, proven: list[Key]) -> None:
-        """Start-up: the data of the Secrets proven ours (proven_secrets), one GET each, in parallel and bounded by
-        the API's calls in flight; a look-alike's data is never fetched."""
-        todo = iter(proven)
+    async def prefill_secrets(self, pages: AsyncIterator[list[Key]]) -> None:
+        """Start-up: the data of the Secrets proven ours (proven_secrets, a page of the metadata list at a time), one
+        GET each, bounded by the API's calls in flight; a look-alike's data is never fetched. The reads of one page
+        run while the next page is listed."""
+        queue: asyncio.Queue[Key | None] = asyncio.Queue(maxsize=4 * self.settings.api_workers)
 
         async def fetcher() -> None:  # as many as the API serves at once: not one suspended task per Secret
-            for skey in todo:
+            while (skey := await queue.get()) is not None:
                 await self._fetch_secret(skey, None)
 
-        await asyncio.gather(*(fetcher() for _ in range(self.settings.api_workers)))
+        fetchers = [asyncio.create_task(fetcher()) for _ in range(self.settings.api_workers)]
+        try:
+            async for keys in pages:
+                for skey in keys:
+                    await queue.put(skey)
+            for _ in fetchers:
+                await queue.put(None)
+            await asyncio.gather(*fetchers)
+        finally:
+            for task in fetchers:  # the listing failed (start-up is tried again): no reader outlives it
+                task.cancel()
 
     async def _fetch_secret(self, skey: Key, owner: Key | None) -> None:
         try:

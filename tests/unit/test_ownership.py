@@ -7,6 +7,7 @@ import asyncio
 import base64
 import dataclasses
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any
 
 from mtls_operator import metrics, ownership, rotation
@@ -106,7 +107,11 @@ def test_a_secret_that_stops_being_proven_is_forgotten(settings) -> None:
         r = Reconciler(settings, FakeKube({("shop", "api-mtls"): own}))  # type: ignore[arg-type]
         r.trigger = lambda key, urgent=False: None  # type: ignore[method-assign]
         r.identities.put(("shop", "api"), identity("api"))
-        await r.prefill_secrets(r.proven_secrets([metadata_only(own), metadata_only(secret("lookalike", "api"))]))
+        async def pages() -> AsyncIterator[list[tuple[str, str]]]:
+            yield r.proven_secrets([metadata_only(own), metadata_only(secret("lookalike", "api"))])
+            yield []
+
+        await r.prefill_secrets(pages())
         assert list(r.secrets) == [("shop", "api-mtls")]
         retargeted = secret("api-mtls", "api", OTHER_UID, rv="6")  # its reference now names someone else
         r.secret_event("MODIFIED", metadata_only(retargeted))
