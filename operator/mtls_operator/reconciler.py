@@ -112,8 +112,10 @@ class NewestCache:
         if _uid(body) in self._deleted:
             return
         current = self._items.get(key)
-        if current is None or _uid(current) != _uid(body) or _rv(body) >= _rv(current) or not _rv(body):
+        if current is None or _uid(current) != _uid(body) or _rv(body) > _rv(current) or not _rv(body):
             self._items[key] = self._trim(body)
+        # The same uid and resourceVersion is the same object (the watch's echo of a write whose answer is cached):
+        # nothing to keep anew.
 
     def drop(self, key: Hashable, body: Mapping[str, Any] | None = None) -> None:
         """Forgets the object; given the deleted body, only if the cached one is that object (same uid): a late
