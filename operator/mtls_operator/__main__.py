@@ -31,7 +31,8 @@ def kopf_options(settings: config.Settings, identity: str) -> dict[str, Any]:
 
 
 def _kopf_insights() -> Any:
-    """kopf's record of the resources its watch streams cover, for /readyz; None where this kopf has no such thing."""
+    """kopf's insights, whose ready flags /readyz reads (its resource discovery done); None where this kopf has no
+    such thing."""
     try:
         from kopf._cogs.structs.references import Insights
     except ImportError:  # pragma: no cover - another kopf layout: readiness falls back to kopf's start-up

@@ -29,7 +29,7 @@ class ProcessState:
         self.stopping = False
         self.memo: Any = None  # kopf.Memo; memo.reconciler once kopf's start-up handler made it
         self.kopf_ready: Any = None  # asyncio.Event raised by kopf once its start-up handlers are done
-        self.insights: Any = None  # kopf's insights: which resources and namespaces its watch streams cover
+        self.insights: Any = None  # kopf's insights: its ready flags say when its resource discovery is done
 
     def _role(self) -> str:
         if self.stopping:
@@ -41,12 +41,13 @@ class ProcessState:
         return readiness.STANDBY
 
     def _unwatched(self, reconciler: Any) -> tuple[str, ...]:
-        """Streams that should be watched and are not: kopf's (ServiceAccounts, policies, bundle ConfigMaps) until its
-        first scan is done, and the reconciler's own (MtlsIdentities, their Secrets) while one is down."""
+        """Streams that should be watched and are not: kopf's (ServiceAccounts, policies, bundle ConfigMaps) until it
+        has discovered which resources and namespaces to watch, and the reconciler's own (MtlsIdentities, their
+        Secrets) while one is down (Reconciler.unwatched)."""
         down: tuple[str, ...] = ()
         insights = self.insights
         if insights is not None and not (insights.ready_resources.is_set() and insights.ready_namespaces.is_set()):
-            down += ("kopf's watch streams (still scanning)",)
+            down += ("kopf's watch streams (discovering resources and namespaces)",)
         if reconciler is not None:
             down += reconciler.unwatched()
         return down

@@ -3,7 +3,7 @@ issued (pki.py), written (kube.py), reported (status, Events, metrics) and sched
 
 Triggers (identity events, Secret events, the CA changing, the scheduler) all land in `trigger()`, which coalesces them:
 per identity at most one reconcile runs and at most one waits. Caches hold the newest version seen of every identity and
-managed Secret — from kopf's watch streams and from the responses to our own writes — so a reconcile reads nothing from
+managed Secret — from our own watch streams and from the responses to our own writes — so a reconcile reads nothing from
 the API in the common case, and an unchanged world costs no write.
 """
 
@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from typing import Any
+
+import aiohttp
 
 from . import ca as ca_mod
 from . import caloss, metrics, ownership, pki, plan, policy, rotation, status, tlssecret
@@ -338,29 +340,27 @@ class Reconciler:
     async def prefill_secrets(self, pages: AsyncIterator[list[Key]]) -> None:
         """Start-up: the data of the Secrets proven ours (proven_secrets, a page of the metadata list at a time), one
         GET each, bounded by the API's calls in flight; a look-alike's data is never fetched. The reads of one page
-        run while the next page is listed."""
-        queue: asyncio.Queue[Key | None] = asyncio.Queue(maxsize=4 * self.settings.api_workers)
+        run while the next page is listed; the queue holds only keys, so the listing never waits for the reads (its
+        continue token must not age). A reader or the listing failing ends it all: start-up is tried again."""
+        queue: asyncio.Queue[Key | None] = asyncio.Queue()
 
         async def fetcher() -> None:  # as many as the API serves at once: not one suspended task per Secret
             while (skey := await queue.get()) is not None:
                 await self._fetch_secret(skey, None)
 
-        fetchers = [asyncio.create_task(fetcher()) for _ in range(self.settings.api_workers)]
-        try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self.settings.api_workers):
+                group.create_task(fetcher())
             async for keys in pages:
                 for skey in keys:
-                    await queue.put(skey)
-            for _ in fetchers:
-                await queue.put(None)
-            await asyncio.gather(*fetchers)
-        finally:
-            for task in fetchers:  # the listing failed (start-up is tried again): no reader outlives it
-                task.cancel()
+                    queue.put_nowait(skey)
+            for _ in range(self.settings.api_workers):
+                queue.put_nowait(None)
 
     async def _fetch_secret(self, skey: Key, owner: Key | None) -> None:
         try:
             body = await self.kube.get_secret(*skey)
-        except ApiError as e:  # the reconcile reads it again when its write conflicts
+        except (ApiError, aiohttp.ClientError, TimeoutError) as e:  # the reconcile reads it when its write conflicts
             log.warning("could not read Secret %s/%s: %s", *skey, e)
             body = None
         if body is not None and self.proven_owner(body) is not None:
@@ -546,9 +546,15 @@ class Reconciler:
         thread.start()
 
     def unwatched(self) -> tuple[str, ...]:
-        """The streams this reconciler watches itself that are down, each with its last error (for /readyz)."""
-        return tuple(f"{what} ({health.problem})" for what, health in list(self._watches.items())
-                     if health.problem is not None)
+        """What this reconciler watches itself and cannot, with the last error (for /readyz): a resource counts as
+        unwatched when its cluster-wide stream is down, or, with --watch-namespace, when every namespace's is. One
+        tenant who breaks its own namespace's stream (deletes the operator's RoleBinding there) must not make the
+        leader unready for everyone; that namespace's failure is logged by its watch."""
+        streams: dict[str, list[str | None]] = {}
+        for where, health in list(self._watches.items()):
+            streams.setdefault(where.split(" in ", 1)[0], []).append(health.problem)
+        return tuple(f"{what} ({problems[0]})" for what, problems in streams.items()
+                     if all(problem is not None for problem in problems))
 
     def stop(self) -> None:
         """No more writes from this process (shutdown, or the lease is lost): cancel every reconcile in flight."""
@@ -670,6 +676,8 @@ class Reconciler:
             self._failures.pop(key, None)
         except IdentityGone:
             log.debug("%s/%s was deleted while being reconciled", *key)
+            if self.identities.get(key) is None:  # a failure report may have set its gauge again meanwhile
+                metrics.identities.forget(key)
         except Paced:
             pass  # scheduled for its turn
         except Exception as e:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from . import pki
 from .spec import GROUP, KIND, VERSION, IdentitySpec
@@ -131,21 +132,31 @@ def read(body: Mapping[str, Any] | None, identity_uid: str) -> SecretView:
     crt, key_pem, ca_pem = decode_field(data, "tls.crt"), decode_field(data, "tls.key"), decode_field(data, "ca.crt")
     cert = key = None
     chain_pem = b""
+    spiffe_ids: tuple[str, ...] = ()
     problems = []
     try:
         chain = pki.load_chain(crt)
-        cert, chain_pem = chain[0], pki.to_pem(*chain[1:])
-    except pki.PKIError as e:
+        # Anyone who may edit the Secret may paste in a certificate whose extensions do not parse (a malformed SAN,
+        # a duplicated extension): that is a content problem to heal, never an exception.
+        spiffe_ids = pki.spiffe_ids(chain[0])
+        cert, chain_pem = pki.bare(chain[0]), pki.to_pem(*chain[1:])
+    except (pki.PKIError, ValueError, UnsupportedAlgorithm, x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType) as e:
         problems.append(f"tls.crt: {e}")
     try:
         key = pki.load_key(key_pem)
     except pki.PKIError as e:
         problems.append(f"tls.key: {e}")
-    return SecretView(exists=True, owned=True, cert=pki.bare(cert) if cert else None,
-                      spiffe_ids=pki.spiffe_ids(cert) if cert else (), key_pem=key_pem if key else b"",
-                      key_label=pki.key_label(key) if key else "",
-                      key_fits=bool(cert and key and pki.key_matches(cert, key)), chain_pem=chain_pem, ca_pem=ca_pem,
-                      problem="; ".join(problems), **common)
+    fits = False
+    if cert is not None and key is not None:
+        try:
+            fits = pki.key_matches(cert, key)
+        except (ValueError, UnsupportedAlgorithm) as e:
+            problems.append(f"tls.crt: {e}")
+    # The key is kept as this process writes it: the PEM of tls.key may carry any text around the key block.
+    return SecretView(exists=True, owned=True, cert=cert, spiffe_ids=spiffe_ids,
+                      key_pem=pki.key_to_pem(key) if key else b"", key_label=pki.key_label(key) if key else "",
+                      key_fits=fits, chain_pem=chain_pem, ca_pem=ca_pem, problem="; ".join(problems), **common)
 
 
 def desired_labels(spec: IdentitySpec) -> dict[str, str]:

@@ -10,6 +10,9 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+import pytest
+
 from mtls_operator import metrics, ownership, rotation
 from mtls_operator.reconciler import Reconciler
 from mtls_operator.tlssecret import b64
@@ -167,3 +170,39 @@ def test_a_tenant_churning_its_secret_cannot_hold_the_rotation_and_the_wait_is_r
     assert metrics.ca_rotation_waiting.labels("bundle")._value.get() == 1
     waiting = next(c for c in r.authority.desired()["conditions"] if c["type"] == "RotationWaiting")
     assert waiting["status"] == "True" and "shop/stuck-mtls" in waiting["message"]
+
+
+class FailingKube(FakeKube):
+    """Its reads fail: the network (an error a reconcile recovers from) or something unforeseen."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append((namespace, name))
+        raise self.error
+
+
+def _keys(n: int) -> AsyncIterator[list[tuple[str, str]]]:
+    async def pages() -> AsyncIterator[list[tuple[str, str]]]:
+        for page in range(n):
+            yield [("shop", f"s{page}-{i}") for i in range(100)]
+    return pages()
+
+
+def test_prefill_reads_past_network_errors_and_never_hangs_on_a_failing_reader(settings) -> None:
+    """A read lost to the network is left to the reconcile (it reads the Secret when its write conflicts); anything
+    else ends the prefill with the error, so that start-up is tried again — the listing must never wait forever on
+    readers that died."""
+    async def run(kube: FakeKube) -> None:
+        r = Reconciler(settings, kube)  # type: ignore[arg-type]
+        await asyncio.wait_for(r.prefill_secrets(_keys(20)), timeout=60)  # a guard against a hang, not a clock
+
+    lossy = FailingKube(aiohttp.ClientConnectionError("reset"))
+    asyncio.run(run(lossy))
+    assert len(lossy.reads) == 2000
+    broken = FailingKube(RuntimeError("unforeseen"))
+    with pytest.raises(ExceptionGroup) as caught:
+        asyncio.run(run(broken))
+    assert caught.group_contains(RuntimeError)

@@ -6,9 +6,12 @@ import dataclasses
 import datetime as dt
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtensionOID
 
 from mtls_operator import ca as ca_mod
-from mtls_operator import plan, spec, tlssecret
+from mtls_operator import pki, plan, spec, tlssecret
 from mtls_operator.config import Settings
 from mtls_operator.plan import Action, Reason
 
@@ -54,6 +57,21 @@ def test_tampered_content_is_reissued_with_a_new_key(identity, root, tamper, det
     assert (d.action, d.reason) == (Action.ISSUE, Reason.TAMPERED)
     assert detail in d.message
     assert not d.reuse_key
+
+
+def test_a_pasted_certificate_whose_extensions_do_not_parse_is_healed(identity, root) -> None:
+    """A tenant may paste into its own Secret a leaf (even one our CA signed long ago, or self-made) whose SAN does not
+    parse: reading the Secret must not raise — every reconcile would fail and the Secret never be healed."""
+    key = pki.generate_key("ECDSA", 256)
+    broken_san = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03\x87\x01\x00")
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(root.cert.subject)
+            .public_key(key.public_key()).serial_number(7).not_valid_before(NOW - dt.timedelta(minutes=1))
+            .not_valid_after(NOW + dt.timedelta(hours=1)).add_extension(broken_san, critical=True)
+            .sign(root.key, hashes.SHA256()))
+    view = tlssecret.read(tlssecret.build(identity, UID, leaf, key, b"", root.bundle_pem, {}), UID)
+    assert view.cert is None and view.problem.startswith("tls.crt:")
+    d = plan.decide(identity, view, root, NOW)
+    assert (d.action, d.reason, d.reuse_key) == (Action.ISSUE, Reason.TAMPERED, False)
 
 
 def test_certificate_from_a_foreign_ca_is_tampered(identity, root) -> None:

@@ -14,7 +14,9 @@ from mtls_operator.config import Settings
 from mtls_operator.fence import Fence
 from mtls_operator.fence import now as fence_now
 from mtls_operator.health import HealthServer, ProcessState
+from mtls_operator.kube import WatchHealth
 from mtls_operator.readiness import LEADER, STANDBY, STARTING, STOPPING, Snapshot, assess
+from mtls_operator.reconciler import Reconciler
 
 LEADING = Snapshot(role=LEADER, lease_looping=True, lease_age=1.0, ca_problem=None, operator_started=True)
 STANDING_BY = Snapshot(role=STANDBY, lease_looping=True, lease_age=1.0)
@@ -96,7 +98,7 @@ def test_process_state_from_standby_to_leading() -> None:
         assert assess(state.snapshot()).missing[0].startswith("the operator is starting")
         state.memo.reconciler = _reconciler(ca=object())
         state.kopf_ready.set()
-        assert state.snapshot().unwatched == ("kopf's watch streams (still scanning)",)
+        assert state.snapshot().unwatched == ("kopf's watch streams (discovering resources and namespaces)",)
         state.insights = _insights()
         assert assess(state.snapshot()).ready
         # One of the reconciler's own streams is down (the CRD was deleted, say): not ready, and why.
@@ -151,3 +153,22 @@ def test_the_server_answers_both_probes() -> None:
             assert ready.status == 200 and (await ready.json()) == readiness.assess(LEADING).body()
 
     asyncio.run(go())
+
+
+def test_one_namespace_stream_down_does_not_make_the_leader_unready() -> None:
+    """With --watch-namespace, each namespace has its own streams; a tenant can break its own (delete the operator's
+    RoleBinding there). That must not turn the leader unready for every other namespace; a resource nobody's stream
+    can watch must."""
+    r = Reconciler(Settings(), kube=None)  # type: ignore[arg-type]
+    r._watches = {f"{what} in {ns}": WatchHealth() for what in ("secrets", "mtlsidentities.mtls-operator.io")
+                  for ns in ("shop", "bank")}
+    assert r.unwatched() == ()
+    r._watches["secrets in shop"].down("HTTP 403")
+    assert r.unwatched() == ()
+    r._watches["secrets in bank"].down("HTTP 403")
+    assert r.unwatched() == ("secrets (HTTP 403)",)
+    r._watches["secrets in shop"].up()
+    cluster_wide = Reconciler(Settings(), kube=None)  # type: ignore[arg-type]
+    cluster_wide._watches = {"mtlsidentities.mtls-operator.io": WatchHealth()}
+    cluster_wide._watches["mtlsidentities.mtls-operator.io"].down("HTTP 404")
+    assert cluster_wide.unwatched() == ("mtlsidentities.mtls-operator.io (HTTP 404)",)

@@ -24,7 +24,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* The rules the operator needs wherever it serves identities: one list, used by the ClusterRole or each Role. */}}
 {{- define "mtls-operator.identityRules" -}}
-# Watch MtlsIdentities (kopf's watch stream).
+# Watch MtlsIdentities (the operator's own list-and-watch).
 - apiGroups: ["mtls-operator.io"]
   resources: ["mtlsidentities"]
   verbs: ["list", "watch"]
