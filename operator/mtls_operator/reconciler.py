@@ -26,7 +26,7 @@ from . import caloss, metrics, ownership, pki, plan, policy, rotation, status, t
 from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .clustertrustbundle import ClusterTrustBundlePublisher
-from .compact import compact
+from .compact import Shared, compact
 from .config import Settings
 from .fairness import FairQueue, RenewLimiter, RenewLimits, key_cost
 from .issuer import Issuer
@@ -144,25 +144,6 @@ class NewestCache:
         return len(self._items)
 
 
-class Shared:
-    """Hands back one object for equal values: every identity Secret's `ca.crt` is the same trust bundle, and 10,000
-    copies of it (base64 in the cached body, bytes in the parsed view) were megabytes of the operator's memory. A few
-    values are kept (a bundle during a root rotation, the one before and after it); an odd one just is not shared."""
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = size
-        self._values: dict[Any, Any] = {}
-
-    def __call__(self, value: Any) -> Any:
-        kept = self._values.get(value)
-        if kept is not None:
-            return kept
-        if len(self._values) >= self.size:
-            del self._values[next(iter(self._values))]
-        self._values[value] = value
-        return value
-
-
 class Reconciler:
     def __init__(self, settings: Settings, kube: Kube, clock=utcnow) -> None:
         self.settings = settings
@@ -170,7 +151,7 @@ class Reconciler:
         self.clock = clock
         self.identities = NewestCache()  # (ns, name) -> MtlsIdentity
         # (ns, secretName) -> a Secret proven ours (ownership.py), only the data fields we read. Nothing else is kept.
-        self._bundle_text, self._bundle_bytes = Shared(), Shared()
+        self._bundle_text, self._bundle_bytes = Shared(4), Shared(4)
         self.secrets = NewestCache(self._trimmed_secret)
         # The signing core shared with the pod-certificate signer: the CA in force, policy grants, fair slots.
         self.issuer = Issuer(settings, clock)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mtls_operator import compact as compact_module
-from mtls_operator.compact import compact
+from mtls_operator.compact import Shared, compact
 
 RAW = json.dumps({
     "apiVersion": "mtls-operator.io/v1alpha1", "kind": "MtlsIdentity",
@@ -43,8 +42,8 @@ def test_the_original_is_not_changed() -> None:
 
 def test_the_table_is_bounded() -> None:
     """Tenants choose label values: churning unique ones must not grow the table past its size."""
-    table = compact_module._Table(4)
+    table = Shared(4)
     for i in range(10):
         table(f"value-{i}")
-        assert len(table.strings) <= 4
-    assert table("value-9") is not None and "value-9" in table.strings
+        assert len(table.values) <= 4
+    assert "value-9" in table.values
