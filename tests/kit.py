@@ -224,10 +224,13 @@ class OperatorProcess:
         except OSError:
             return False
 
-    def metrics(self) -> str:
+    def metrics(self, *names: str) -> str:
+        """The scrape, or only the named series (`name[]`)."""
+        import urllib.parse
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+        query = f"?{urllib.parse.urlencode([('name[]', n) for n in names])}" if names else ""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics{query}", timeout=5) as r:
             return r.read().decode()
 
     def stop(self) -> None:

@@ -116,7 +116,11 @@ class MetricsServer:
             if verdict.status != 200:
                 headers = {"WWW-Authenticate": 'Bearer realm="mtls-operator"'} if verdict.status == 401 else None
                 return web.Response(status=verdict.status, text=verdict.reason + "\n", headers=headers)
-        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # `name[]=<series>` (as prometheus_client's own handler and Prometheus' federation take it) restricts the
+        # answer to those series; the per-identity gauges, thousands of samples, are then not even made.
+        names = request.query.getall("name[]", [])
+        registry = REGISTRY.restricted_registry(names) if names else REGISTRY
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self) -> None:
         if not self.port:
