@@ -433,11 +433,13 @@ def run_wave(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, .
             start, start_wall = time.monotonic(), time.time()
             operator.start()
             during: list[float] = []
+            created_at: list[float] = []  # seconds from the operator's start: the first ones wait for its start-up
 
             def renewed() -> int:
                 return sum(1 for name, serial in first.items() if watch.serials[name][-1][1] != serial)
 
             while renewed() < n and time.monotonic() < start + 900:
+                created_at.append(round(time.monotonic() - start, 1))
                 during.append(newcomer_seconds())
                 time.sleep(2)
             result["renewed"] = renewed()
@@ -450,6 +452,8 @@ def run_wave(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, .
                 result["newcomers_during_wave"] = len(during)
                 result["newcomer_during_wave_median_ms"] = round(statistics.median(during) * 1000)
                 result["newcomer_during_wave_max_ms"] = round(max(during) * 1000)
+                result["newcomers_created_at_s_and_ms"] = [[at, round(took * 1000)]
+                                                           for at, took in zip(created_at, during, strict=True)]
             writes = local.writes()[writes_before:]
             codes: dict[str, int] = {}
             for e in writes:
