@@ -15,7 +15,7 @@ from mtls_operator import pki, plan, spec, tlssecret
 from mtls_operator.config import Settings
 from mtls_operator.plan import Action, Reason
 
-from .conftest import NOW, UID, issue_view, swapped_key
+from .conftest import NOW, UID, issue_body, issue_view, swapped_key
 
 
 def test_missing_secret_is_issued(identity, root) -> None:
@@ -192,3 +192,13 @@ def test_renewal_jitter_spreads_identities_and_is_stable(identity) -> None:
     times = {plan.renewal_time(not_after, identity, serial) for serial in range(0, 1009 * 3, 7)}
     assert len(times) > 100  # spread out
     assert plan.renewal_time(not_after, identity, 42) == plan.renewal_time(not_after, identity, 42)
+
+
+def test_a_padded_key_is_kept_as_the_key_alone(identity, root) -> None:
+    """Text around tls.key's PEM block is accepted by the parser; the view (held for as long as the Secret is
+    unchanged) keeps the key re-encoded, not a tenant's padding."""
+    key = pki.generate_key("ECDSA", 256)
+    body = issue_body(identity, root, key=key)
+    body["data"]["tls.key"] = tlssecret.b64(b"x" * 100_000 + b"\n" + pki.key_to_pem(key) + b"y" * 100_000)
+    view = tlssecret.read(body, UID)
+    assert view.key_fits and view.key_pem == pki.key_to_pem(key) and len(view.key_pem) < 1000
