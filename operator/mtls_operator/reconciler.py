@@ -528,7 +528,7 @@ class Reconciler:
 
     def unwatched(self) -> tuple[str, ...]:
         """What this reconciler watches itself and cannot, with the last error (for /readyz): a resource counts as
-        unwatched when its cluster-wide stream is down, or, with --watch-namespace, when every namespace's is. One
+        unwatched when its cluster-wide stream is down, or, with --namespace, when every namespace's is. One
         tenant who breaks its own namespace's stream (deletes the operator's RoleBinding there) must not make the
         leader unready for everyone; that namespace's failure is logged by its watch."""
         streams: dict[str, list[str | None]] = {}

@@ -156,9 +156,9 @@ def test_the_server_answers_both_probes() -> None:
 
 
 def test_one_namespace_stream_down_does_not_make_the_leader_unready() -> None:
-    """With --watch-namespace, each namespace has its own streams; a tenant can break its own (delete the operator's
-    RoleBinding there). That must not turn the leader unready for every other namespace; a resource nobody's stream
-    can watch must."""
+    """With --namespace (chart watchNamespaces), each namespace has its own streams; a tenant can break its own
+    (delete the operator's RoleBinding there). That must not turn the leader unready for every other namespace; a
+    resource nobody's stream can watch must."""
     r = Reconciler(Settings(), kube=None)  # type: ignore[arg-type]
     r._watches = {f"{what} in {ns}": WatchHealth() for what in ("secrets", "mtlsidentities.mtls-operator.io")
                   for ns in ("shop", "bank")}
