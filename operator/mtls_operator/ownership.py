@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .compact import compact
 from .tlssecret import controller_ref
 
 # The only fields of an identity Secret the operator reads; anything else in a Secret's data is never kept.
@@ -48,9 +49,7 @@ def proves(secret: Mapping[str, Any], identity: Mapping[str, Any] | None, secret
 
 
 def trimmed(secret: Mapping[str, Any]) -> dict[str, Any]:
-    """The Secret as worth keeping in memory: the data fields the operator reads, no managedFields."""
-    out = dict(secret)
-    out["metadata"] = {k: v for k, v in (secret.get("metadata") or {}).items() if k != "managedFields"}
+    """The Secret as worth keeping in memory: the data fields the operator reads, compacted (no managedFields,
+    repeated strings shared: compact.py)."""
     data = secret.get("data") or {}
-    out["data"] = {k: data[k] for k in DATA_KEYS if k in data}
-    return out
+    return compact({**secret, "data": {k: data[k] for k in DATA_KEYS if k in data}})

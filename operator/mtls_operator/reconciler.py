@@ -196,7 +196,8 @@ class Reconciler:
         self._reissue_rate = RateLimiter(settings.reissue_rate)
         self._paced: dict[Key, float] = {}  # identity -> its reserved turn for a reissue (loop time)
         self._ca_watch_stop = threading.Event()
-        self._watches: dict[str, WatchHealth] = {}  # our own list-and-watch streams, by what they watch
+        # Our own list-and-watch streams: (what, namespace or None for cluster-wide) -> its health.
+        self._watches: dict[tuple[str, str | None], WatchHealth] = {}
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
         self.bundles = TrustBundles(kube, settings.bundle_configmap, settings.bundle_namespaces,
                                     bundle=lambda: self.ca.bundle_pem if self.ca else None,
@@ -518,7 +519,7 @@ class Reconciler:
         """A list-and-watch on a thread of its own (kube.watch_objects), each event and each re-list handed to the
         event loop; its health is kept for unwatched()."""
         namespace = path.split("/namespaces/", 1)[1].split("/", 1)[0] if "/namespaces/" in path else None
-        health = self._watches[f"{what} in {namespace}" if namespace else what] = WatchHealth()
+        health = self._watches[(what, namespace)] = WatchHealth()
         thread = threading.Thread(
             target=self.kube.watch_objects, name=f"{what}-watch:{namespace or '*'}", daemon=True,
             args=(path, version, lambda kind, body: loop.call_soon_threadsafe(on_event, kind, body),
@@ -532,8 +533,8 @@ class Reconciler:
         tenant who breaks its own namespace's stream (deletes the operator's RoleBinding there) must not make the
         leader unready for everyone; that namespace's failure is logged by its watch."""
         streams: dict[str, list[str | None]] = {}
-        for where, health in list(self._watches.items()):
-            streams.setdefault(where.split(" in ", 1)[0], []).append(health.problem)
+        for (what, _namespace), health in list(self._watches.items()):
+            streams.setdefault(what, []).append(health.problem)
         return tuple(f"{what} ({problems[0]})" for what, problems in streams.items()
                      if all(problem is not None for problem in problems))
 
@@ -657,8 +658,6 @@ class Reconciler:
             self._failures.pop(key, None)
         except IdentityGone:
             log.debug("%s/%s was deleted while being reconciled", *key)
-            if self.identities.get(key) is None:  # a failure report may have set its gauge again meanwhile
-                metrics.identities.forget(key)
         except Paced:
             pass  # scheduled for its turn
         except Exception as e:
@@ -780,7 +779,7 @@ class Reconciler:
             ready["message"] = (f"{ready['message']}; a renewal request ({tlssecret.ANN_RENEW_REQUEST}) is deferred by "
                                 f"the per-{deferred[1]} rate limit until {status.timestamp(deferred[0])}")
         await self._set_status(key, body, desired)
-        metrics.identities.serving(key, cert.not_valid_after_utc.timestamp(), renewal.timestamp() if renewal else None)
+        self._gauge(key, True, cert.not_valid_after_utc.timestamp(), renewal.timestamp() if renewal else None)
         if next_look:
             self.scheduler.schedule(key, next_look)
         else:
@@ -943,10 +942,20 @@ class Reconciler:
             if now < due:
                 # Still good: keep it (and Ready), and look again when it falls due, to report then if need be.
                 self.scheduler.schedule(key, due)
-                metrics.identities.serving(key, cert.not_valid_after_utc.timestamp())
+                self._gauge(key, True, cert.not_valid_after_utc.timestamp())
                 return
         reason = status.Ready.CA_LOST if self.ca_loss is not None else status.Ready.CA_UNAVAILABLE
         await self._report_failure(body, reason, self.ca_error)
+
+    def _gauge(self, key: Key, ready: bool, expiry: float = 0.0, renewal: float | None = None) -> None:
+        """The identity's gauges, while it exists: a reconcile that outlived its identity (deleted while awaiting the
+        API) must not bring back the series its deletion removed (identity_event)."""
+        if self.identities.get(key) is None:
+            return
+        if ready:
+            metrics.identities.serving(key, expiry, renewal)
+        else:
+            metrics.identities.not_ready(key)
 
     def servable(self, key: Key) -> bool:
         """An identity that exists and whose last look did not end in a refusal."""
@@ -960,7 +969,7 @@ class Reconciler:
         generation = body["metadata"].get("generation", 0)
         version = (body["metadata"].get("uid", ""), generation)
         desired = status.failed(previous, reason, message, generation, self.clock())
-        metrics.identities.not_ready(key)
+        self._gauge(key, False)
         if self._unwritable.get(key) == version:
             return  # refused already: only a new spec (a new generation) or a new object can be written
         try:
@@ -1013,7 +1022,7 @@ class Reconciler:
         return parsed
 
     def _trimmed_secret(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        trimmed = compact(ownership.trimmed(body))
+        trimmed = ownership.trimmed(body)
         if "ca.crt" in trimmed["data"]:
             trimmed["data"]["ca.crt"] = self._bundle_text(trimmed["data"]["ca.crt"])
         return trimmed

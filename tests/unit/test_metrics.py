@@ -65,3 +65,22 @@ def test_a_scrape_restricted_to_some_series_does_not_make_the_identity_samples(m
     assert [line for line in some.splitlines() if not line.startswith("#")] == ["mtls_operator_ca_ready 1.0"]
     assert 'mtls_operator_identity_ready{name="web",namespace="shop"} 1.0' in everything
     assert collected
+
+
+def test_a_reconcile_that_outlives_its_identity_brings_no_series_back(settings) -> None:
+    """Deleted while its reconcile awaited the API: the deletion removed its series, and the reconcile's end (a
+    failure report, or Ready) must not make them again — thousands of churned identities would grow the scrape."""
+    from mtls_operator import metrics as metrics_module
+    from mtls_operator.reconciler import Reconciler
+
+    r = Reconciler(settings, kube=None)  # type: ignore[arg-type]
+    key = ("shop", "gone")
+    r._gauge(key, False)
+    r._gauge(key, True, 2000.0, 1500.0)
+    assert ("shop", "gone") not in metrics_module.identities._records
+    r.identities.put(key, {"metadata": {"namespace": "shop", "name": "gone", "uid": "u", "resourceVersion": "1"}})
+    r._gauge(key, True, 2000.0, 1500.0)
+    try:
+        assert metrics_module.identities._records[key] == (1.0, 2000.0, 1500.0)
+    finally:
+        metrics_module.identities.forget(key)

@@ -160,15 +160,15 @@ def test_one_namespace_stream_down_does_not_make_the_leader_unready() -> None:
     (delete the operator's RoleBinding there). That must not turn the leader unready for every other namespace; a
     resource nobody's stream can watch must."""
     r = Reconciler(Settings(), kube=None)  # type: ignore[arg-type]
-    r._watches = {f"{what} in {ns}": WatchHealth() for what in ("secrets", "mtlsidentities.mtls-operator.io")
+    r._watches = {(what, ns): WatchHealth() for what in ("secrets", "mtlsidentities.mtls-operator.io")
                   for ns in ("shop", "bank")}
     assert r.unwatched() == ()
-    r._watches["secrets in shop"].down("HTTP 403")
+    r._watches[("secrets", "shop")].down("HTTP 403")
     assert r.unwatched() == ()
-    r._watches["secrets in bank"].down("HTTP 403")
+    r._watches[("secrets", "bank")].down("HTTP 403")
     assert r.unwatched() == ("secrets (HTTP 403)",)
-    r._watches["secrets in shop"].up()
+    r._watches[("secrets", "shop")].up()
     cluster_wide = Reconciler(Settings(), kube=None)  # type: ignore[arg-type]
-    cluster_wide._watches = {"mtlsidentities.mtls-operator.io": WatchHealth()}
-    cluster_wide._watches["mtlsidentities.mtls-operator.io"].down("HTTP 404")
+    cluster_wide._watches = {("mtlsidentities.mtls-operator.io", None): WatchHealth()}
+    cluster_wide._watches[("mtlsidentities.mtls-operator.io", None)].down("HTTP 404")
     assert cluster_wide.unwatched() == ("mtlsidentities.mtls-operator.io (HTTP 404)",)
