@@ -6,7 +6,11 @@ start-up (imports, CA load, the first lists) is reported apart.
 
 On a fresh local control plane. py-spy is a dev tool: `pip install py-spy`.
 
-Usage: python bench/profile.py [--n 1000] [--top 25] [--raw stacks.txt]
+With --restart, the same N identities are then served by a restarted operator, and what is profiled is that restart:
+from the process's start (imports excluded: sampling begins once it answers /healthz) until it has looked at every
+identity and is idle — the CPU of issue 12's "a restart is idle in 15 s".
+
+Usage: python bench/profile.py [--n 1000] [--top 25] [--raw stacks.txt] [--restart]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "hack"), str(REPO / "bench")]
 
 import cluster  # noqa: E402
-from scale import create_identities, prepare, proc_usage  # noqa: E402
+from scale import create_identities, prepare, proc_usage, reconciles, until_idle  # noqa: E402
 from tests.kit import GROUP, PLURAL, VERSION, Api, OperatorProcess, wait_for  # noqa: E402
 
 
@@ -70,38 +74,63 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
     parser.add_argument("--operator-arg", action="append", default=[], help="passed to mtls-operator run")
+    parser.add_argument("--restart", action="store_true", help="profile a restart over the N instead of issuing them")
+    parser.add_argument("--namespaces", type=int, default=1, help="spread the N over this many namespaces")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         sys.exit("py-spy is not installed: pip install py-spy")
     cluster.ensure_binaries()
+    spaces = [f"profile-{i:03d}" for i in range(args.namespaces)]
     with tempfile.TemporaryDirectory(prefix="mtls-profile-") as tmp:
         workdir = Path(tmp)
         with cluster.LocalCluster(kubeconfig=workdir / "kubeconfig") as local:
-            _, api = prepare(local, ["profile"])
+            _, api = prepare(local, spaces)
             stacks = args.raw or workdir / "stacks.txt"
-            operator = OperatorProcess(local.kubeconfig, workdir, tuple(args.operator_arg)).start()
+            operator = OperatorProcess(local.kubeconfig, workdir, tuple(args.operator_arg))
+            where = lambda i: (spaces[i % len(spaces)], f"p{i:05d}")  # noqa: E731
+            all_ready = lambda: sum(ready_count(api, ns) for ns in spaces) == args.n  # noqa: E731
             try:
-                wait_for("the operator serving", lambda: "mtls_operator_ca_ready 1.0" in operator.metrics(), timeout=60)
-                _, started = proc_usage(operator.proc.pid)
-                sampler = subprocess.Popen([spy, "record", "--pid", str(operator.proc.pid), "--gil", "--rate", "250",
-                                            "--format", "raw", "--output", str(stacks), "--nonblocking"],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                start = time.monotonic()
-                create_identities(api, args.n, lambda i: ("profile", f"p{i:05d}"))
-                wait_for(f"{args.n} identities Ready", lambda: ready_count(api, "profile") == args.n, timeout=600,
-                         interval=0.2)
-                elapsed = time.monotonic() - start
+                if args.restart:
+                    create_identities(api, args.n, where, threads=16)
+                    operator.start()
+                    wait_for(f"{args.n} identities Ready", all_ready, timeout=900, interval=2)
+                    operator.stop()
+                    operator.start()
+                    sampler = record(spy, operator.proc.pid, stacks)
+                    start = time.monotonic()
+                    wait_for("the restarted operator to look at every identity",
+                             lambda: reconciles(operator) >= args.n, timeout=600, interval=1)
+                    idle = until_idle(operator.proc.pid, time.monotonic() + 300)
+                    what = f"restart over {args.n} identities: idle {idle - start:.2f} s after /healthz answered"
+                else:
+                    operator.start()
+                    wait_for("the operator serving", lambda: "mtls_operator_ca_ready 1.0" in operator.metrics(),
+                             timeout=60)
+                    sampler = record(spy, operator.proc.pid, stacks)
+                    start = time.monotonic()
+                    create_identities(api, args.n, where)
+                    wait_for(f"{args.n} identities Ready", all_ready, timeout=600, interval=0.2)
+                    what = f"{args.n} identities Ready {time.monotonic() - start:.2f} s after the first create"
                 rss, cpu = proc_usage(operator.proc.pid)
                 sampler.send_signal(signal.SIGINT)
                 sampler.wait(timeout=60)
             finally:
                 operator.stop()
-            per = 1000 * (cpu - started) / args.n
-            print(f"{args.n} identities Ready {elapsed:.2f} s after the first create; operator CPU "
-                  f"{cpu - started:.2f} s ({per:.2f} ms per identity; start-up {started:.2f} s apart), "
-                  f"peak RSS {rss:.0f} MiB")
+            per = 1000 * (cpu - sampler.cpu_before) / args.n
+            print(f"{what}; operator CPU {cpu - sampler.cpu_before:.2f} s ({per:.2f} ms per identity; "
+                  f"{sampler.cpu_before:.2f} s before sampling began, apart), peak RSS {rss:.0f} MiB")
             print(summarize(stacks, args.top))
+
+
+def record(spy: str, pid: int, stacks: Path) -> subprocess.Popen:
+    """py-spy sampling the operator's GIL holder from now on; `cpu_before` is the process's CPU until now."""
+    _, cpu_before = proc_usage(pid)
+    sampler = subprocess.Popen([spy, "record", "--pid", str(pid), "--gil", "--rate", "250", "--format", "raw",
+                                "--output", str(stacks), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler.cpu_before = cpu_before  # type: ignore[attr-defined]
+    return sampler
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime as dt
 import json
 import os
@@ -137,7 +138,8 @@ def scrape(operator: OperatorProcess, name: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(rf"^{name}_(sum|count) ([0-9.e+-]+)$", text, re.M)}
 
 
-def api_floor(api: Api, kubeconfig: Path, n: int, template: dict, status: dict) -> dict:
+def api_floor(api: Api, kubeconfig: Path, n: int, template: dict, status: dict,
+              threads_tried: tuple[int, ...] = (8, 16, 32), clean_up: bool = True) -> dict:
     """The API server's floor for a standing backlog of n identities: a bare client (no reads, no signing, no
     framework) makes the writes the operator makes per identity — the Secret (the same bytes as one the operator
     wrote), the status (the same fields), an Event — for n identities that already exist, at each concurrency tried.
@@ -148,7 +150,7 @@ def api_floor(api: Api, kubeconfig: Path, n: int, template: dict, status: dict) 
     secret = {"apiVersion": "v1", "kind": "Secret", "type": template["type"], "data": template["data"],
               "metadata": {"labels": template["metadata"].get("labels", {})}}
     times = {}
-    for threads in (8, 16, 32):
+    for threads in threads_tried:
         config = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(str(kubeconfig), client_configuration=config)
         config.connection_pool_maxsize = threads
@@ -174,6 +176,8 @@ def api_floor(api: Api, kubeconfig: Path, n: int, template: dict, status: dict) 
         times[threads] = round(time.monotonic() - start, 2)
         client.close()
     best = min(times, key=times.get)
+    if not clean_up:
+        return {"floor_seconds": times[best], "floor_threads": best, "floor_seconds_by_threads": times}
     # Gone before the operator starts again: its own backlog must not include the floor's objects.
     api.core.delete_namespace(namespace)
     wait_for("the floor's namespace gone", lambda: namespace not in {
@@ -325,10 +329,11 @@ def until_idle(pid: int, deadline: float, window: float = 1.0, busy: float = 0.0
     raise TimeoutError("the operator never went idle")
 
 
-def run_large(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, ...] = ()) -> dict:
+def run_large(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, ...] = (), floor: bool = False) -> dict:
     """Many identities over many namespaces (issue 12: 10,000 in 100): a standing backlog issued from the operator's
     start, its peak RSS, then a restart — what it writes for identities it already served (nothing, it must be) and
-    how soon it is idle again, with its peak RSS during that initial list."""
+    how soon it is idle again, with its peak RSS during that initial list. With `floor`, last, the operator stopped:
+    the API floor for the same N (api_floor, 8 client threads, the best at N = 1,000), in the same run."""
     result: dict = {"n": n, "namespaces": namespaces, "operator_args": " ".join(operator_args)}
     with cluster.LocalCluster(kubeconfig=workdir / "kubeconfig-large") as local:
         spaces = [f"large-{i:03d}" for i in range(namespaces)]
@@ -380,6 +385,14 @@ def run_large(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, 
             result["restart_writes"] = operator_writes() - served
         finally:
             operator.stop()
+        if floor:
+            sample = api.identity(spaces[0], "l00000")
+            result["load_before_floor"] = os.getloadavg()[0]
+            result.update(api_floor(api, local.kubeconfig, n, api.core.api_client.sanitize_for_serialization(
+                api.core.read_namespaced_secret(sample["spec"].get("secretName") or "l00000-mtls", spaces[0])),
+                sample["status"], threads_tried=(8,), clean_up=False))
+            result["backlog_ratio_to_floor"] = round(
+                result["backlog_all_ready_seconds_from_operator_start"] / result["floor_seconds"], 2)
     return result
 
 
@@ -479,13 +492,21 @@ def main() -> None:
                         help="spread each N over this many namespaces: the standing-backlog and restart run only")
     parser.add_argument("--renewal-wave", action="store_true",
                         help="with --namespaces: N renewals falling due at once instead (run_wave)")
+    parser.add_argument("--floor", action="store_true",
+                        help="with --namespaces: also the API floor at that N, after the restart (run_large)")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the operator's logs and the kubeconfigs here (an empty folder) instead of a "
+                             "temporary one")
     args = parser.parse_args()
     cluster.ensure_binaries()
     results = []
-    with tempfile.TemporaryDirectory(prefix="mtls-bench-") as tmp:
+    with contextlib.nullcontext(str(args.workdir)) if args.workdir else tempfile.TemporaryDirectory(
+            prefix="mtls-bench-") as tmp:
         for n in (args.n or [10_000]) if args.namespaces else []:
-            run = run_wave if args.renewal_wave else run_large
-            res = run(n, args.namespaces, Path(tmp), tuple(args.operator_arg))
+            if args.renewal_wave:
+                res = run_wave(n, args.namespaces, Path(tmp), tuple(args.operator_arg))
+            else:
+                res = run_large(n, args.namespaces, Path(tmp), tuple(args.operator_arg), floor=args.floor)
             print(json.dumps(res, indent=2), flush=True)
             results.append(res)
         for n in [] if args.namespaces else args.n or [100, 1000]:

@@ -47,12 +47,14 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         # holds the whole lists at once), and the version each list was read at, for its watch to start from.
         namespaces = memo.settings.namespaces
         loop = asyncio.get_running_loop()
+        began = loop.time()
         identity_versions: dict[str, str] = {}
         for path in kube.identity_paths(namespaces):
             async for items, version in kube.pages(path, metadata_only=False):
                 for body in items:
                     reconciler.identities.put((body["metadata"]["namespace"], body["metadata"]["name"]), body)
                 identity_versions[path] = version
+        listed = loop.time()
         secret_versions: dict[str, str] = {}
 
         async def proven_pages() -> AsyncIterator[list[tuple[str, str]]]:
@@ -62,6 +64,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
                     yield reconciler.proven_secrets(items)
 
         await reconciler.prefill_secrets(proven_pages())
+        prefilled = loop.time()
         if memo.settings.bundle_configmap:
             for body in await kube.list_all("/api/v1", "configmaps", namespaces, tlssecret.MANAGED_SELECTOR,
                                             bundle_selector(memo.settings)):
@@ -96,8 +99,10 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         for path, version in identity_versions.items():
             reconciler.start_identity_watch(loop, path, version)
         memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")
-        log.info("mtls-operator started: %d managed Secrets, CA %s", len(reconciler.secrets),
-                 "ready" if reconciler.ca else "UNAVAILABLE")
+        # Where a slow start-up went, for whoever waits on it: the lists, then the Secrets' reads, then the rest.
+        log.info("mtls-operator started in %.1f s: %d identities listed in %.1f s, %d managed Secrets read in %.1f s; "
+                 "CA %s", loop.time() - began, len(reconciler.identities), listed - began, len(reconciler.secrets),
+                 prefilled - listed, "ready" if reconciler.ca else "UNAVAILABLE")
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:

@@ -10,6 +10,7 @@ the API in the common case, and an unchanged world costs no write.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
@@ -109,6 +110,8 @@ class NewestCache:
         self._trim = trim  # what of an object is kept, and how
         self._items: dict[Hashable, dict[str, Any]] = {}
         self._deleted: dict[str, None] = {}  # uids, oldest first
+        # (namespace, name) keys: how many per namespace, so "which namespaces hold any" is not a walk over all.
+        self._per_namespace: collections.Counter[str] = collections.Counter()
 
     def put(self, key: Hashable, body: Mapping[str, Any]) -> None:
         if _uid(body) in self._deleted:
@@ -116,6 +119,8 @@ class NewestCache:
         current = self._items.get(key)
         if current is None or _uid(current) != _uid(body) or _rv(body) > _rv(current) or not _rv(body):
             self._items[key] = self._trim(body)
+            if current is None and isinstance(key, tuple):
+                self._per_namespace[key[0]] += 1
         # The same uid and resourceVersion is the same object (the watch's echo of a write whose answer is cached):
         # nothing to keep anew.
 
@@ -123,7 +128,7 @@ class NewestCache:
         """Forgets the object; given the deleted body, only if the cached one is that object (same uid): a late
         DELETED of an old object must not remove its same-named successor."""
         if body is None:
-            self._items.pop(key, None)
+            self._forget(key)
             return
         uid = _uid(body)
         if uid:
@@ -132,7 +137,17 @@ class NewestCache:
                 del self._deleted[next(iter(self._deleted))]
         current = self._items.get(key)
         if current is not None and _uid(current) in ("", uid):
-            del self._items[key]
+            self._forget(key)
+
+    def _forget(self, key: Hashable) -> None:
+        if self._items.pop(key, None) is not None and isinstance(key, tuple):
+            self._per_namespace[key[0]] -= 1
+            if not self._per_namespace[key[0]]:
+                del self._per_namespace[key[0]]
+
+    def namespaces(self) -> set[str]:
+        """The namespaces of the cached objects (keyed by (namespace, name))."""
+        return set(self._per_namespace)
 
     def get(self, key: Hashable) -> dict[str, Any] | None:
         return self._items.get(key)
@@ -201,7 +216,7 @@ class Reconciler:
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
         self.bundles = TrustBundles(kube, settings.bundle_configmap, settings.bundle_namespaces,
                                     bundle=lambda: self.ca.bundle_pem if self.ca else None,
-                                    identity_namespaces=lambda: {key[0] for key in self.identities},
+                                    identity_namespaces=self.identities.namespaces,
                                     spawn=self.spawn)
         # The pod-certificate signer's ClusterTrustBundle, when that signer serves (handlers.py sets it): a root
         # rotation waits for it like for the ConfigMaps, and keeps the old root until its pod certificates expire.
