@@ -57,7 +57,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         listed = loop.time()
         secret_versions: dict[str, str] = {}
 
-        async def proven_pages() -> AsyncIterator[list[tuple[str, str]]]:
+        async def proven_pages() -> AsyncIterator[list[tuple[tuple[str, str], str]]]:
             for path in kube.secret_paths(namespaces):
                 async for items, version in kube.pages(path, tlssecret.MANAGED_SELECTOR):
                     secret_versions[path] = version
@@ -70,10 +70,10 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
                                             bundle_selector(memo.settings)):
                 reconciler.bundles.maps[body["metadata"]["namespace"]] = body
         for body in await kube.list_all("/api/v1", "serviceaccounts", namespaces):
-            reconciler.service_account_event("ADDED", body)
+            reconciler.service_account_event("ADDED", body, startup=True)
         try:
             for body in await kube.list_all(f"/apis/{GROUP}/{VERSION}", POLICY_PLURAL):
-                reconciler.policy_event("ADDED", body)
+                reconciler.policy_event("ADDED", body, startup=True)
         except NotFound:
             log.warning("the MtlsIdentityPolicy CRD is not installed: only the default policy applies")
         if memo.settings.pod_signer:

@@ -315,7 +315,7 @@ class Reconciler:
             return
         if known is not None and _uid(known) == _uid(body) and _rv(known) >= _rv(body):
             return  # the echo of our own write (its response is already cached): nothing new
-        self.spawn(self._fetch_secret(skey, owner))
+        self.spawn(self._fetch_secret(skey, owner, meta.get("resourceVersion", "")))
 
     def secrets_listed(self, namespace: str | None, bodies: list[dict[str, Any]]) -> None:
         """A fresh list after the watch broke off: what is gone from it was deleted meanwhile."""
@@ -329,34 +329,37 @@ class Reconciler:
         for body in bodies:
             self.secret_event("ADDED", body)
 
-    def proven_secrets(self, bodies: list[dict[str, Any]]) -> list[Key]:
-        """Of these labelled Secrets (metadata), the ones proven ours: start-up keeps their keys, page by page, and
-        nothing else of the list."""
-        return [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies if self.proven_owner(b)]
+    def proven_secrets(self, bodies: list[dict[str, Any]]) -> list[tuple[Key, str]]:
+        """Of these labelled Secrets (metadata), the ones proven ours: start-up keeps their keys and the versions
+        listed, page by page, and nothing else of the list."""
+        return [((b["metadata"]["namespace"], b["metadata"]["name"]), b["metadata"].get("resourceVersion", ""))
+                for b in bodies if self.proven_owner(b)]
 
-    async def prefill_secrets(self, pages: AsyncIterator[list[Key]]) -> None:
+    async def prefill_secrets(self, pages: AsyncIterator[list[tuple[Key, str]]]) -> None:
         """Start-up: the data of the Secrets proven ours (proven_secrets, a page of the metadata list at a time), one
         GET each, bounded by the API's calls in flight; a look-alike's data is never fetched. The reads of one page
         run while the next page is listed; the queue holds only keys, so the listing never waits for the reads (its
         continue token must not age). A reader or the listing failing ends it all: start-up is tried again."""
-        queue: asyncio.Queue[Key | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[Key, str] | None] = asyncio.Queue()
 
         async def fetcher() -> None:  # as many as the API serves at once: not one suspended task per Secret
-            while (skey := await queue.get()) is not None:
-                await self._fetch_secret(skey, None)
+            while (item := await queue.get()) is not None:
+                await self._fetch_secret(item[0], None, item[1])
 
         async with asyncio.TaskGroup() as group:
             for _ in range(self.settings.api_workers):
                 group.create_task(fetcher())
-            async for keys in pages:
-                for skey in keys:
-                    queue.put_nowait(skey)
+            async for items in pages:
+                for item in items:
+                    queue.put_nowait(item)
             for _ in range(self.settings.api_workers):
                 queue.put_nowait(None)
 
-    async def _fetch_secret(self, skey: Key, owner: Key | None) -> None:
+    async def _fetch_secret(self, skey: Key, owner: Key | None, seen_version: str) -> None:
+        """Reads a Secret proven ours by its metadata, at the version seen there or newer (the API server's watch
+        cache answers: no etcd read)."""
         try:
-            body = await self.kube.get_secret(*skey)
+            body = await self.kube.get_secret(*skey, not_older_than=seen_version)
         except (ApiError, aiohttp.ClientError, TimeoutError) as e:  # the reconcile reads it when its write conflicts
             log.warning("could not read Secret %s/%s: %s", *skey, e)
             body = None
@@ -370,7 +373,9 @@ class Reconciler:
         if claim is not None:
             self.trigger((claim[0], claim[1]), urgent=True)  # its Secret went away or changed hands
 
-    def service_account_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+    def service_account_event(self, event_type: str | None, body: Mapping[str, Any], startup: bool = False) -> None:
+        """`startup`: listed before the CA's first load, which looks at every identity anyway; triggering the
+        account's identities here too had every one of them reconciled twice at a restart, once without a CA."""
         sa = (body["metadata"]["namespace"], body["metadata"]["name"])
         if event_type == "DELETED":
             self.service_accounts.discard(sa)
@@ -378,10 +383,13 @@ class Reconciler:
             self.service_accounts.add(sa)
         else:
             return  # an update of a known account changes nothing here
+        if startup:
+            return
         for key in self._by_service_account.get(sa, ()):
             self.trigger(key)
 
-    def policy_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+    def policy_event(self, event_type: str | None, body: Mapping[str, Any], startup: bool = False) -> None:
+        """`startup`: as for service_account_event."""
         name = body["metadata"]["name"]
         old = self.policies.pop(name, None)
         if event_type != "DELETED":
@@ -392,7 +400,7 @@ class Reconciler:
                 log.error("%s; it is ignored", e)
                 self.post_event(body, "MtlsIdentityPolicy", "Warning", "InvalidPolicy", f"{e}; it is ignored")
         new = self.policies.get(name)
-        if old != new:
+        if old != new and not startup:
             touched = (old.namespaces if old else frozenset()) | (new.namespaces if new else frozenset())
             for key in self.identities:
                 if key[0] in touched:

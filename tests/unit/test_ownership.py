@@ -23,15 +23,17 @@ OTHER_UID = "99999999-2222-3333-4444-555555555555"
 
 
 class FakeKube:
-    """Records reads and Events; serves the Secrets it was given."""
+    """Records reads (and the version each asked for) and Events; serves the Secrets it was given."""
 
     def __init__(self, secrets: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
         self.secrets = secrets or {}
         self.reads: list[tuple[str, str]] = []
+        self.versions: list[str] = []
         self.events: list[tuple[str, str, str]] = []
 
-    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_secret(self, namespace: str, name: str, not_older_than: str = "") -> dict[str, Any] | None:
         self.reads.append((namespace, name))
+        self.versions.append(not_older_than)
         return self.secrets.get((namespace, name))
 
     async def post_event(self, involved: Any, kind: str, event_type: str, reason: str, message: str) -> None:
@@ -98,6 +100,7 @@ def test_lookalike_secrets_are_neither_read_nor_cached(settings) -> None:
 
     r, kube, triggered = asyncio.run(run())
     assert kube.reads == [("shop", "api-mtls")]
+    assert kube.versions == ["5"]  # the version its event showed, or newer: the API server's cache may answer
     assert list(r.secrets) == [("shop", "api-mtls")]
     assert set(r.secrets.get(("shop", "api-mtls"))["data"]) == set(ownership.DATA_KEYS)
     assert triggered == [("shop", "api")]
@@ -107,15 +110,17 @@ def test_a_secret_that_stops_being_proven_is_forgotten(settings) -> None:
     own = secret("api-mtls", "api", data={"tls.crt": "Y3J0"})
 
     async def run() -> Reconciler:
-        r = Reconciler(settings, FakeKube({("shop", "api-mtls"): own}))  # type: ignore[arg-type]
+        kube = FakeKube({("shop", "api-mtls"): own})
+        r = Reconciler(settings, kube)  # type: ignore[arg-type]
         r.trigger = lambda key, urgent=False: None  # type: ignore[method-assign]
         r.identities.put(("shop", "api"), identity("api"))
-        async def pages() -> AsyncIterator[list[tuple[str, str]]]:
+        async def pages() -> AsyncIterator[list[tuple[tuple[str, str], str]]]:
             yield r.proven_secrets([metadata_only(own), metadata_only(secret("lookalike", "api"))])
             yield []
 
         await r.prefill_secrets(pages())
         assert list(r.secrets) == [("shop", "api-mtls")]
+        assert kube.versions == ["5"]  # read at the version listed, or newer
         retargeted = secret("api-mtls", "api", OTHER_UID, rv="6")  # its reference now names someone else
         r.secret_event("MODIFIED", metadata_only(retargeted))
         return r
@@ -179,15 +184,15 @@ class FailingKube(FakeKube):
         super().__init__()
         self.error = error
 
-    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_secret(self, namespace: str, name: str, not_older_than: str = "") -> dict[str, Any] | None:
         self.reads.append((namespace, name))
         raise self.error
 
 
-def _keys(n: int) -> AsyncIterator[list[tuple[str, str]]]:
-    async def pages() -> AsyncIterator[list[tuple[str, str]]]:
+def _keys(n: int) -> AsyncIterator[list[tuple[tuple[str, str], str]]]:
+    async def pages() -> AsyncIterator[list[tuple[tuple[str, str], str]]]:
         for page in range(n):
-            yield [("shop", f"s{page}-{i}") for i in range(100)]
+            yield [(("shop", f"s{page}-{i}"), "7") for i in range(100)]
     return pages()
 
 

@@ -132,3 +132,23 @@ def test_nothing_starts_after_stop() -> None:
         assert r._workers == 0 and not r._tasks and r.started == [key]
 
     asyncio.run(scenario())
+
+
+def test_start_up_listings_of_accounts_and_policies_trigger_nothing() -> None:
+    """Listed before the CA's first load, which triggers every identity: triggering here as well reconciled each
+    identity of a restart twice, the first time without a CA. A later change of either still triggers."""
+    r = Reconciler(Settings(), kube=None)  # type: ignore[arg-type]
+    triggered: list[Hashable] = []
+    r.trigger = lambda key, urgent=False: triggered.append(key)  # type: ignore[method-assign]
+    key = ("shop", "api")
+    r.identities.put(key, {"metadata": {"namespace": "shop", "name": "api", "uid": "u", "generation": 1,
+                                        "resourceVersion": "1"}, "spec": {"serviceAccountName": "api"}})
+    assert r.servable(key) and not isinstance(r._spec(key, r.identities.get(key)), Exception)
+    account = {"metadata": {"namespace": "shop", "name": "api"}}
+    policy = {"metadata": {"name": "p"}, "spec": {"namespaces": ["shop"], "dnsNames": ["*.shop.svc"]}}
+    r.service_account_event("ADDED", account, startup=True)
+    r.policy_event("ADDED", policy, startup=True)
+    assert triggered == [] and ("shop", "api") in r.service_accounts and "p" in r.policies
+    r.service_account_event("DELETED", account)
+    r.policy_event("DELETED", policy)
+    assert triggered == [key, key]

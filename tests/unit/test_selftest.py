@@ -116,7 +116,7 @@ class FakeApi:
         if body:
             self.secrets.pop(body["spec"]["secretName"], None)
 
-    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_secret(self, namespace: str, name: str, not_older_than: str = "") -> dict[str, Any] | None:
         return self.secrets.get(name)
 
 
