@@ -363,8 +363,15 @@ class Reconciler:
         except (ApiError, aiohttp.ClientError, TimeoutError) as e:  # the reconcile reads it when its write conflicts
             log.warning("could not read Secret %s/%s: %s", *skey, e)
             body = None
-        if body is not None and self.proven_owner(body) is not None:
+        proven = self.proven_owner(body) if body is not None else None
+        if body is not None and proven is not None:
             self.secrets.put(skey, body)
+            identity = self.identities.get(proven)
+            if owner is None and identity is not None:
+                # Start-up: parsed now, between the other reads (the API server's turn), rather than after them all
+                # in the reconciles the CA's first load starts, when the API server idles and this process is the
+                # bound. The reconcile finds it parsed (_view: once per resourceVersion).
+                self._view(skey, self.secrets.get(skey), identity["metadata"]["uid"])
         if owner is not None:
             self.trigger(owner, urgent=True)  # its Secret was changed by someone else: heal it first
 
