@@ -359,7 +359,15 @@ class Reconciler:
         """Reads a Secret proven ours by its metadata, at the version seen there or newer (the API server's watch
         cache answers: no etcd read)."""
         try:
-            body = await self.kube.get_secret(*skey, not_older_than=seen_version)
+            try:
+                body = await self.kube.get_secret(*skey, not_older_than=seen_version)
+            except ApiError as e:
+                if not seen_version or isinstance(e, NotFound):
+                    raise
+                # The cache is behind that version (a 504 after the server's wait: several API servers, a starved
+                # one): the latest, from etcd, rather than deciding on what was cached before the change.
+                log.debug("Secret %s/%s not served at version %s (%s): reading the latest", *skey, seen_version, e)
+                body = await self.kube.get_secret(*skey)
         except (ApiError, aiohttp.ClientError, TimeoutError) as e:  # the reconcile reads it when its write conflicts
             log.warning("could not read Secret %s/%s: %s", *skey, e)
             body = None
@@ -370,8 +378,13 @@ class Reconciler:
             if owner is None and identity is not None:
                 # Start-up: parsed now, between the other reads (the API server's turn), rather than after them all
                 # in the reconciles the CA's first load starts, when the API server idles and this process is the
-                # bound. The reconcile finds it parsed (_view: once per resourceVersion).
-                self._view(skey, self.secrets.get(skey), identity["metadata"]["uid"])
+                # bound. The reconcile finds it parsed (_view: once per resourceVersion). Tenants write these
+                # Secrets: whatever the parse meets is the reconcile's to report for that identity alone, never a
+                # failed start-up for all.
+                try:
+                    self._view(skey, self.secrets.get(skey), identity["metadata"]["uid"])
+                except Exception as e:  # the reconcile parses it again, inside its own error handling
+                    log.warning("Secret %s/%s could not be parsed at start-up: %s", *skey, type(e).__name__)
         if owner is not None:
             self.trigger(owner, urgent=True)  # its Secret was changed by someone else: heal it first
 

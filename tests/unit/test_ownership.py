@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mtls_operator import metrics, ownership, rotation
+from mtls_operator import metrics, ownership, rotation, tlssecret
+from mtls_operator.kube import ApiError, NotFound
 from mtls_operator.reconciler import Reconciler
 from mtls_operator.tlssecret import b64
 
@@ -211,3 +212,88 @@ def test_prefill_reads_past_network_errors_and_never_hangs_on_a_failing_reader(s
     with pytest.raises(ExceptionGroup) as caught:
         asyncio.run(run(broken))
     assert caught.group_contains(RuntimeError)
+
+
+class LaggingCache(FakeKube):
+    """Its watch cache is behind: a read at a version fails (a 504 after the server's wait); the latest read serves."""
+
+    async def get_secret(self, namespace: str, name: str, not_older_than: str = "") -> dict[str, Any] | None:
+        if not_older_than:
+            self.reads.append((namespace, name))
+            self.versions.append(not_older_than)
+            raise ApiError(504, "Timeout", "Too large resource version")
+        return await super().get_secret(namespace, name)
+
+
+def test_a_read_the_cache_cannot_serve_yet_is_made_again_for_the_latest(settings) -> None:
+    own = secret("api-mtls", "api", data={"tls.crt": "Y3J0"})
+
+    async def run() -> tuple[Reconciler, FakeKube]:
+        kube = LaggingCache({("shop", "api-mtls"): own})
+        r = Reconciler(settings, kube)  # type: ignore[arg-type]
+        r.trigger = lambda key, urgent=False: None  # type: ignore[method-assign]
+        r.identities.put(("shop", "api"), identity("api"))
+        r.secret_event("MODIFIED", metadata_only(own))
+        await drain(r)
+        return r, kube
+
+    r, kube = asyncio.run(run())
+    assert kube.versions == ["5", ""]  # at the event's version, then the latest
+    assert list(r.secrets) == [("shop", "api-mtls")]
+
+
+def test_a_secret_gone_at_that_version_is_not_read_again(settings) -> None:
+    async def run() -> FakeKube:
+        kube = FailingKube(NotFound(404, "NotFound", "gone"))
+        r = Reconciler(settings, kube)  # type: ignore[arg-type]
+        r.trigger = lambda key, urgent=False: None  # type: ignore[method-assign]
+        r.identities.put(("shop", "api"), identity("api"))
+        r.secret_event("MODIFIED", metadata_only(secret("api-mtls", "api")))
+        await drain(r)
+        return kube
+
+    assert asyncio.run(run()).reads == [("shop", "api-mtls")]
+
+
+def test_a_secret_that_breaks_the_start_up_parse_fails_neither_start_up_nor_its_caching(settings, monkeypatch) -> None:
+    """Tenants write these Secrets: a parse that raises at start-up (tlssecret.read never should) is left to that
+    identity's reconcile, which parses again inside its own error handling."""
+    own = secret("api-mtls", "api", data={"tls.crt": "Y3J0"})
+
+    def broken(body: Any, uid: str) -> Any:
+        raise RuntimeError("a parser bug")
+
+    monkeypatch.setattr(tlssecret, "read", broken)
+
+    async def run() -> Reconciler:
+        r = Reconciler(settings, FakeKube({("shop", "api-mtls"): own}))  # type: ignore[arg-type]
+        r.identities.put(("shop", "api"), identity("api"))
+
+        async def pages() -> AsyncIterator[list[tuple[tuple[str, str], str]]]:
+            yield r.proven_secrets([metadata_only(own)])
+
+        await asyncio.wait_for(r.prefill_secrets(pages()), timeout=60)  # a guard against a hang, not a clock
+        return r
+
+    assert list(asyncio.run(run()).secrets) == [("shop", "api-mtls")]
+
+
+def test_start_up_parses_each_proven_secret_as_it_is_read(settings, monkeypatch) -> None:
+    own = secret("api-mtls", "api", data={"tls.crt": "Y3J0"})
+    parsed: list[str] = []
+    real = tlssecret.read
+    monkeypatch.setattr(tlssecret, "read", lambda body, uid: parsed.append(uid) or real(body, uid))
+
+    async def run() -> None:
+        r = Reconciler(settings, FakeKube({("shop", "api-mtls"): own}))  # type: ignore[arg-type]
+        r.identities.put(("shop", "api"), identity("api"))
+
+        async def pages() -> AsyncIterator[list[tuple[tuple[str, str], str]]]:
+            yield r.proven_secrets([metadata_only(own), metadata_only(secret("lookalike", "api"))])
+
+        await r.prefill_secrets(pages())
+        assert parsed == [UID]
+        r._view(("shop", "api-mtls"), r.secrets.get(("shop", "api-mtls")), UID)  # what the reconcile asks for
+        assert parsed == [UID]  # found parsed: the same resourceVersion
+
+    asyncio.run(run())
