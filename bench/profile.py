@@ -97,7 +97,7 @@ def main() -> None:
                     wait_for(f"{args.n} identities Ready", all_ready, timeout=900, interval=2)
                     operator.stop()
                     operator.start()
-                    sampler = record(spy, operator.proc.pid, stacks)
+                    sampler, cpu_before = record(spy, operator.proc.pid, stacks)
                     start = time.monotonic()
                     wait_for("the restarted operator to look at every identity",
                              lambda: reconciles(operator) >= args.n, timeout=600, interval=1)
@@ -107,7 +107,7 @@ def main() -> None:
                     operator.start()
                     wait_for("the operator serving", lambda: "mtls_operator_ca_ready 1.0" in operator.metrics(),
                              timeout=60)
-                    sampler = record(spy, operator.proc.pid, stacks)
+                    sampler, cpu_before = record(spy, operator.proc.pid, stacks)
                     start = time.monotonic()
                     create_identities(api, args.n, where)
                     wait_for(f"{args.n} identities Ready", all_ready, timeout=600, interval=0.2)
@@ -117,20 +117,19 @@ def main() -> None:
                 sampler.wait(timeout=60)
             finally:
                 operator.stop()
-            per = 1000 * (cpu - sampler.cpu_before) / args.n
-            print(f"{what}; operator CPU {cpu - sampler.cpu_before:.2f} s ({per:.2f} ms per identity; "
-                  f"{sampler.cpu_before:.2f} s before sampling began, apart), peak RSS {rss:.0f} MiB")
+            per = 1000 * (cpu - cpu_before) / args.n
+            print(f"{what}; operator CPU {cpu - cpu_before:.2f} s ({per:.2f} ms per identity; "
+                  f"{cpu_before:.2f} s before sampling began, apart), peak RSS {rss:.0f} MiB")
             print(summarize(stacks, args.top))
 
 
-def record(spy: str, pid: int, stacks: Path) -> subprocess.Popen:
-    """py-spy sampling the operator's GIL holder from now on; `cpu_before` is the process's CPU until now."""
+def record(spy: str, pid: int, stacks: Path) -> tuple[subprocess.Popen, float]:
+    """py-spy sampling the operator's GIL holder from now on, and the process's CPU seconds until now."""
     _, cpu_before = proc_usage(pid)
     sampler = subprocess.Popen([spy, "record", "--pid", str(pid), "--gil", "--rate", "250", "--format", "raw",
                                 "--output", str(stacks), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    sampler.cpu_before = cpu_before  # type: ignore[attr-defined]
-    return sampler
+    return sampler, cpu_before
 
 
 if __name__ == "__main__":

@@ -372,7 +372,7 @@ class Reconciler:
             log.warning("could not read Secret %s/%s: %s", *skey, e)
             body = None
         proven = self.proven_owner(body) if body is not None else None
-        if body is not None and proven is not None:
+        if proven is not None:
             self.secrets.put(skey, body)
             identity = self.identities.get(proven)
             if owner is None and identity is not None:
