@@ -79,7 +79,8 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         if memo.settings.pod_signer:
             # The second front on the same issuer: PodCertificateRequests for our signer, and its ClusterTrustBundle.
             # Started before the CA is loaded, so that no rotation step is taken before its records can be read.
-            memo.pod_signer = PodSigner(memo.settings, kube, reconciler.issuer, reconciler.spawn)
+            memo.pod_signer = PodSigner(memo.settings, kube, reconciler.issuer, reconciler.spawn,
+                                        reconciler.post_event)
             reconciler.cluster_bundle = memo.pod_signer.trust_bundle
             try:
                 await memo.pod_signer.start(loop)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as dt
 import logging
 import threading
 import uuid
@@ -22,6 +21,7 @@ import aiohttp
 import kubernetes
 import orjson
 
+from .events import Pending
 from .fence import Fence
 from .spec import GROUP, PLURAL, VERSION
 from .transport import Session
@@ -137,13 +137,14 @@ class Kube:
 
     async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                     query: Mapping[str, str] | None = None, fenced: bool = True, timeout: float = 30,
-                    accept: str = "application/json") -> Any:
-        """One call from the event loop (transport.py). Network errors are aiohttp's (ClientError, TimeoutError)."""
+                    accept: str = "application/json", low: bool = False) -> Any:
+        """One call from the event loop (transport.py). Network errors are aiohttp's (ClientError, TimeoutError).
+        `low`: it waits until no other call waits for a slot (Events)."""
         session, slots = self._session.open()
         data = orjson.dumps(body) if body is not None else None
         extra = {"Accept": accept, **({"Content-Type": content_type} if data is not None else {})}
         retries = 0 if method in MUTATING else READ_RETRIES
-        async with slots:  # a slot means a connection: nothing queues between the gate and the wire
+        async with slots.take(low):  # a slot means a connection: nothing queues between the gate and the wire
             while True:
                 self._gate(method, path, fenced)
                 try:
@@ -343,25 +344,22 @@ class Kube:
 
     # ---- Events ----
 
-    async def post_event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str,
-                         message: str) -> None:
-        """A core/v1 Event (what `kubectl describe` shows). Best effort: a lost Event must not fail a reconcile."""
-        meta = involved.get("metadata", {})
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        namespace = meta.get("namespace") or "default"
+    async def post_event(self, event: Pending) -> None:
+        """A core/v1 Event (what `kubectl describe` shows), at the lowest priority (events.py). Best effort: a lost
+        Event must not fail a reconcile."""
+        ref = event.involved
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{meta.get('name', 'object')[:200]}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
-            "involvedObject": {"apiVersion": involved.get("apiVersion", "v1"), "kind": kind, "name": meta.get("name"),
-                               "namespace": namespace, "uid": meta.get("uid")},
-            "type": event_type, "reason": reason, "message": message[:1024],
+            "metadata": {"name": f"{(ref.get('name') or 'object')[:200]}.{uuid.uuid4().hex[:12]}",
+                         "namespace": event.namespace},
+            "involvedObject": ref, "type": event.event_type, "reason": event.reason, "message": event.message,
             "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "firstTimestamp": event.when, "lastTimestamp": event.when, "count": 1,
         }
         try:
-            await self._call("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body)
+            await self._call("POST", f"/api/v1/namespaces/{quote(event.namespace)}/events", body, low=True)
         except Exception as e:  # network errors too: an Event is never worth a failed reconcile
-            log.warning("could not post event %s for %s/%s: %s", reason, namespace, meta.get("name"), e)
+            log.warning("could not post event %s for %s/%s: %s", event.reason, event.namespace, ref.get("name"), e)
 
     # ---- reviews for the secure /metrics endpoint (metricsserver.py) ----
 

@@ -85,3 +85,8 @@ class IdentityGauges:
 
 identities = IdentityGauges()
 REGISTRY.register(identities)
+events_dropped = Counter(
+    "mtls_operator_events_dropped_total",
+    "Events never posted: the queue was full (the namespace with the most waiting lost its oldest) or the process "
+    "stopped with them waiting")
+events_waiting = Gauge("mtls_operator_events_waiting", "Events queued behind the operator's other API calls")

@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -58,8 +58,10 @@ class PodSigner:
     NEGATIVE_TTL = 10.0  # seconds a namespace found not opted in is believed without asking again
 
     def __init__(self, settings: Settings, kube: Kube, issuer: Issuer,
-                 spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+                 spawn: Callable[[Coroutine[Any, Any, None]], None],
+                 post_event: Callable[[Mapping[str, Any], str, str, str, str], None]) -> None:
         self.settings, self.kube, self.issuer, self._spawn = settings, kube, issuer, spawn
+        self._post_event = post_event
         self.signer = settings.pod_signer
         self.serving = False
         self.enabled_namespaces: set[str] = set()
@@ -278,8 +280,8 @@ class PodSigner:
                     request.pod_name, deny.reason, deny.message)
         pod = {"apiVersion": "v1",
                "metadata": {"name": request.pod_name, "namespace": request.namespace, "uid": request.pod_uid}}
-        self._spawn(self.kube.post_event(pod, "Pod", "Warning", "PodCertificateDenied",
-                                         f"{self.signer} denied the pod certificate ({deny.reason}): {deny.message}"))
+        self._post_event(pod, "Pod", "Warning", "PodCertificateDenied",
+                         f"{self.signer} denied the pod certificate ({deny.reason}): {deny.message}")
 
     async def _write(self, request: podcert.Request, status: dict[str, Any]) -> bool:
         """The one status write; False when the request was answered meanwhile or is gone. Other refusals raise (the

@@ -29,6 +29,7 @@ from .bundles import TrustBundles
 from .clustertrustbundle import ClusterTrustBundlePublisher
 from .compact import Shared, compact
 from .config import Settings
+from .events import EventSink
 from .fairness import FairQueue, RenewLimiter, RenewLimits, key_cost
 from .issuer import Issuer
 from .kube import ApiError, Conflict, Kube, NotFound, WatchHealth
@@ -213,6 +214,9 @@ class Reconciler:
         self._ca_watch_stop = threading.Event()
         # Our own list-and-watch streams: (what, namespace or None for cluster-wide) -> its health.
         self._watches: dict[tuple[str, str | None], WatchHealth] = {}
+        # Events queue behind every other call (events.py), bounded and fair across namespaces.
+        self.events = EventSink(lambda event: self.kube.post_event(event), self.spawn, clock)
+        metrics.events_waiting.set_function(lambda: len(self.events.queue))
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
         self.bundles = TrustBundles(kube, settings.bundle_configmap, settings.bundle_namespaces,
                                     bundle=lambda: self.ca.bundle_pem if self.ca else None,
@@ -585,6 +589,7 @@ class Reconciler:
         """No more writes from this process (shutdown, or the lease is lost): cancel every reconcile in flight."""
         self._stopped = True
         self._ca_watch_stop.set()
+        self.events.close()
         for task in list(self._tasks):
             task.cancel()
 
@@ -1042,8 +1047,8 @@ class Reconciler:
         task.add_done_callback(self._tasks.discard)
 
     def post_event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
-        """Posts an Event in the background: it must neither delay the status a user waits for, nor fail a reconcile."""
-        self.spawn(self.kube.post_event(involved, kind, event_type, reason, message))
+        """Queues an Event (events.py): it must neither delay the status a user waits for, nor fail a reconcile."""
+        self.events.post(involved, kind, event_type, reason, message)
 
     def _spec(self, key: Key, body: Mapping[str, Any]) -> IdentitySpec | InvalidSpec:
         """Parses a spec once per generation (the API server bumps it on every spec change)."""

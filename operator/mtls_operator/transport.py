@@ -11,8 +11,10 @@ the Lease's renewals and the watches on threads of their own (kube.py).
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import kubernetes
@@ -44,6 +46,50 @@ def auth_headers(config: kubernetes.client.Configuration) -> dict[str, str]:
     return out
 
 
+class Slots:
+    """The bound on calls in flight, in two priorities. A freed slot goes to a waiting call, and to a waiting low one
+    (an Event, events.py) only when no other waits; a low call also never takes a free slot ahead of a waiting one. So
+    in a backlog the writes that make identities Ready go first, and the Events fill the gaps."""
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self._waiting: tuple[collections.deque[asyncio.Future[None]], ...] = (collections.deque(), collections.deque())
+
+    @contextlib.asynccontextmanager
+    async def take(self, low: bool = False) -> AsyncIterator[None]:
+        await self._acquire(low)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, low: bool) -> None:
+        if self.free > 0 and not self._waiting[0] and not (low and self._waiting[1]):
+            self.free -= 1
+            return
+        line = self._waiting[1 if low else 0]
+        turn = asyncio.get_running_loop().create_future()
+        line.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release()  # the slot was handed over as the wait was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    line.remove(turn)
+            raise
+
+    def _release(self) -> None:
+        for line in self._waiting:
+            while line:
+                turn = line.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # handed over: `free` is unchanged
+                    return
+        self.free += 1
+
+
 class Session:
     """One aiohttp session and the bound on calls in flight, made in the running loop on first use (aiohttp ties a
     session to its loop). At most `limit` calls are in flight, and the connection pool has as many connections: a
@@ -54,15 +100,15 @@ class Session:
         self.config, self.limit = config, limit
         self._headers = {"User-Agent": user_agent}
         self._session: aiohttp.ClientSession | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: Slots | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def open(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+    def open(self) -> tuple[aiohttp.ClientSession, Slots]:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             connector = aiohttp.TCPConnector(limit=self.limit, ssl=ssl_context(self.config))
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
-            self._slots = asyncio.Semaphore(self.limit)
+            self._slots = Slots(self.limit)
             self._loop = loop
         assert self._slots is not None
         return self._session, self._slots

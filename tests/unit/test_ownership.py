@@ -37,8 +37,8 @@ class FakeKube:
         self.versions.append(not_older_than)
         return self.secrets.get((namespace, name))
 
-    async def post_event(self, involved: Any, kind: str, event_type: str, reason: str, message: str) -> None:
-        self.events.append((event_type, reason, message))
+    async def post_event(self, event: Any) -> None:
+        self.events.append((event.event_type, event.reason, event.message))
 
     async def patch_authority_status(self, name: str, status: Any) -> dict[str, Any]:
         return {}

@@ -1,0 +1,146 @@
+"""Events: the operator's least urgent writes, queued and sent behind everything else.
+
+An Event tells a person what happened (`kubectl describe`); the Secret and the status are what workloads and
+controllers wait on. Each issuance used to spawn its Event as a task of its own that took an API slot like any other
+call, so in a backlog a third of the writes the API server had to absorb before the last identity was Ready were
+Events. Kubernetes treats Events as best effort (client-go's recorder queues and drops them); so do we:
+
+- They wait for a free API slot that no other call of ours is waiting for (transport.Slots' low priority), so a
+  backlog's Secrets and statuses go first and its Events follow, in order, as the API server has room.
+- They are kept in a bounded queue, one line per namespace, sent round-robin across namespaces. When it is full, the
+  namespace with the longest line loses its oldest Event: a tenant that makes thousands of Events (a spec that fails
+  on every edit, say) crowds out only its own, and never grows this process's memory.
+- Each is stamped when it is posted, not when it is sent, so its time is when the thing happened.
+- Once the reconciler stops (shutdown, or the lease is lost), what is queued is dropped: the write fence would refuse
+  it anyway.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, NamedTuple
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+QUEUE_LIMIT = 20_000  # Events waiting at most (a few hundred bytes each): a renewal wave of 10,000 fits
+SENDERS = 8  # Events in flight at most, when the API slots are free
+WARN_INTERVAL = 60.0  # seconds between warnings that Events were dropped
+
+
+class Pending(NamedTuple):
+    """What an Event needs, without holding on to the object it is about (a newer version may replace it)."""
+
+    namespace: str
+    involved: dict[str, Any]  # the involvedObject reference
+    event_type: str
+    reason: str
+    message: str
+    when: str  # RFC 3339, seconds
+
+
+def pending(involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str,
+            now: dt.datetime) -> Pending:
+    meta = involved.get("metadata", {})
+    namespace = meta.get("namespace") or "default"  # a cluster-scoped object's Events land in `default`
+    ref = {"apiVersion": involved.get("apiVersion", "v1"), "kind": kind, "name": meta.get("name"),
+           "namespace": namespace, "uid": meta.get("uid")}
+    return Pending(namespace, ref, event_type, reason, message[:1024], now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+class EventQueue:
+    """Pure bookkeeping: the lines per namespace, round-robin order and the bound (unit-tested without an API)."""
+
+    def __init__(self, limit: int = QUEUE_LIMIT) -> None:
+        if limit < 1:
+            raise ValueError("the Event queue must hold at least one Event")
+        self.limit = limit
+        self._lines: collections.OrderedDict[str, collections.deque[Pending]] = collections.OrderedDict()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, event: Pending) -> Pending | None:
+        """Queues `event`; returns the Event dropped to make room for it, if any."""
+        dropped = None
+        if self._size >= self.limit:
+            victim = max(self._lines, key=lambda ns: len(self._lines[ns]))
+            if len(self._lines.get(event.namespace, ())) + 1 >= len(self._lines[victim]):
+                victim = event.namespace  # its own line, with this Event, is the longest: it pays
+            if victim not in self._lines:
+                return event  # every line is as short as can be: the newcomer itself is dropped
+            dropped = self._lines[victim].popleft()
+            self._size -= 1
+            if not self._lines[victim]:
+                del self._lines[victim]
+        self._lines.setdefault(event.namespace, collections.deque()).append(event)
+        self._size += 1
+        return dropped
+
+    def pop(self) -> Pending | None:
+        """The oldest Event of the namespace whose turn it is; that namespace goes to the back."""
+        if not self._lines:
+            return None
+        namespace, line = next(iter(self._lines.items()))
+        event = line.popleft()
+        self._size -= 1
+        if line:
+            self._lines.move_to_end(namespace)
+        else:
+            del self._lines[namespace]
+        return event
+
+    def clear(self) -> int:
+        dropped, self._size = self._size, 0
+        self._lines.clear()
+        return dropped
+
+
+class EventSink:
+    """Posts Events from the queue with at most SENDERS in flight, each at the API connection's low priority. Senders
+    are started on demand (`spawn`, so shutdown cancels them) and end when the queue is empty."""
+
+    def __init__(self, send: Callable[[Pending], Coroutine[Any, Any, None]],
+                 spawn: Callable[[Coroutine[Any, Any, None]], None], clock: Callable[[], dt.datetime],
+                 limit: int = QUEUE_LIMIT, senders: int = SENDERS) -> None:
+        self._send, self._spawn, self._clock = send, spawn, clock
+        self.queue = EventQueue(limit)
+        self._senders, self._max_senders = 0, senders
+        self._closed = False
+        self._dropped_unreported = 0
+        self._last_warning = float("-inf")
+
+    def post(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
+        if self._closed:
+            return
+        if self.queue.push(pending(involved, kind, event_type, reason, message, self._clock())) is not None:
+            self._dropped(1)
+        if self._senders < self._max_senders:
+            self._senders += 1
+            self._spawn(self._drain())
+
+    def close(self) -> None:
+        """No more Events from this process; what waits is dropped (counted, not warned about: it is a shutdown)."""
+        self._closed = True
+        metrics.events_dropped.inc(self.queue.clear())
+
+    async def _drain(self) -> None:
+        try:
+            while (event := self.queue.pop()) is not None:
+                await self._send(event)  # never raises but for cancellation (kube.post_event logs its failures)
+        finally:
+            self._senders -= 1
+
+    def _dropped(self, n: int) -> None:
+        metrics.events_dropped.inc(n)
+        self._dropped_unreported += n
+        now = time.monotonic()
+        if now - self._last_warning >= WARN_INTERVAL:
+            log.warning("the Event queue is full (%d waiting): %d Events dropped, the oldest of the namespaces with "
+                        "the most waiting", len(self.queue), self._dropped_unreported)
+            self._last_warning, self._dropped_unreported = now, 0
