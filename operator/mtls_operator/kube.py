@@ -347,19 +347,17 @@ class Kube:
     async def post_event(self, event: Pending) -> None:
         """A core/v1 Event (what `kubectl describe` shows), at the lowest priority (events.py). Best effort: a lost
         Event must not fail a reconcile."""
-        ref = event.involved
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{(ref.get('name') or 'object')[:200]}.{uuid.uuid4().hex[:12]}",
-                         "namespace": event.namespace},
-            "involvedObject": ref, "type": event.event_type, "reason": event.reason, "message": event.message,
-            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
-            "firstTimestamp": event.when, "lastTimestamp": event.when, "count": 1,
+            "metadata": {"name": f"{event.name[:200]}.{uuid.uuid4().hex[:12]}", "namespace": event.namespace},
+            "involvedObject": event.involved(), "type": event.event_type, "reason": event.reason,
+            "message": event.message, "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
+            "firstTimestamp": event.when(), "lastTimestamp": event.when(), "count": 1,
         }
         try:
             await self._call("POST", f"/api/v1/namespaces/{quote(event.namespace)}/events", body, low=True)
         except Exception as e:  # network errors too: an Event is never worth a failed reconcile
-            log.warning("could not post event %s for %s/%s: %s", event.reason, event.namespace, ref.get("name"), e)
+            log.warning("could not post event %s for %s/%s: %s", event.reason, event.namespace, event.name, e)
 
     # ---- reviews for the secure /metrics endpoint (metricsserver.py) ----
 

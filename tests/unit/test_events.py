@@ -20,16 +20,16 @@ def event(namespace: str, name: str) -> Pending:
 
 
 def names(events: list[Pending | None]) -> list[str | None]:
-    return [e.involved["name"] if e else None for e in events]
+    return [e.name if e else None for e in events]
 
 
 def test_an_event_keeps_a_reference_not_the_object_and_the_time_it_was_posted() -> None:
     e = pending({"apiVersion": "mtls-operator.io/v1alpha1", "metadata": {"namespace": "shop", "name": "api",
                                                                         "uid": "u1", "managedFields": [{}]},
                  "spec": {"big": "x" * 1000}}, "MtlsIdentity", "Warning", "Invalid", "m" * 5000, NOW)
-    assert e.involved == {"apiVersion": "mtls-operator.io/v1alpha1", "kind": "MtlsIdentity", "name": "api",
-                          "namespace": "shop", "uid": "u1"}
-    assert e.when == "2026-12-02T12:00:05Z" and len(e.message) == 1024
+    assert e.involved() == {"apiVersion": "mtls-operator.io/v1alpha1", "kind": "MtlsIdentity", "name": "api",
+                            "namespace": "shop", "uid": "u1"}
+    assert e.when() == "2026-12-02T12:00:05Z" and len(e.message) == 1024
     assert pending({"metadata": {"name": "main"}}, "MtlsAuthority", "Normal", "X", "", NOW).namespace == "default"
 
 
@@ -78,11 +78,11 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
 
         async def send(e: Pending) -> None:
             nonlocal in_flight, most
-            taken.append(e.involved["name"])
+            taken.append(e.name)
             in_flight += 1
             most = max(most, in_flight)
             await gate.wait()
-            sent.append(e.involved["name"])
+            sent.append(e.name)
             in_flight -= 1
 
         def spawn(coroutine: Any) -> None:
