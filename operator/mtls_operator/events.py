@@ -7,9 +7,12 @@ Events. Kubernetes treats Events as best effort (client-go's recorder queues and
 
 - They wait for a free API slot that no other call of ours is waiting for (transport.Slots' low priority), so a
   backlog's Secrets and statuses go first and its Events follow, in order, as the API server has room.
-- They are kept in a bounded queue, one line per namespace, sent round-robin across namespaces. When it is full, the
-  namespace with the longest line loses its oldest Event: a tenant that makes thousands of Events (a spec that fails
-  on every edit, say) crowds out only its own, and never grows this process's memory.
+- They are kept in a bounded queue, one line per namespace (and one for cluster-scoped objects, the operator's own),
+  sent round-robin across lines. When it is full, the longest line loses its oldest Event: a tenant that makes
+  thousands of Events (a spec that fails on every edit, say) never keeps more than an equal share of a full queue,
+  and never grows this process's memory.
+- At most a quarter of the API slots (one, if there are fewer than eight) carry Events at once: a slot is not taken
+  back from an Event in flight, so Events alone never hold the slots a write needs.
 - Each is stamped when it is posted, not when it is sent, so its time is when the thing happened.
 - Once the reconciler stops (shutdown, or the lease is lost), what is queued is dropped: the write fence would refuse
   it anyway.
@@ -17,6 +20,7 @@ Events. Kubernetes treats Events as best effort (client-go's recorder queues and
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import logging
@@ -28,18 +32,20 @@ from . import metrics
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 20_000  # Events waiting at most (a few hundred bytes each): a renewal wave of 10,000 fits
-SENDERS = 8  # Events in flight at most, when the API slots are free
+SENDERS = 8  # Events in flight at most (and never more than a quarter of the API slots)
 WARN_INTERVAL = 60.0  # seconds between warnings that Events were dropped
+MESSAGE_BYTES = 1024  # an Event's message at most (events.k8s.io/v1 refuses a longer note)
 
 
 class Pending(NamedTuple):
     """What an Event needs, without holding on to the object it is about (a newer version may replace it). Flat and
     small (about 400 bytes with its message): a renewal wave queues one per identity."""
 
-    namespace: str
+    namespace: str  # where the Event is written
+    scope: str  # its line in the queue: the object's namespace, "" for a cluster-scoped object
     api_version: str
     kind: str
-    name: str
+    name: str | None
     uid: str | None
     event_type: str
     reason: str
@@ -58,10 +64,13 @@ class Pending(NamedTuple):
 
 def pending(involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str,
             now: dt.datetime) -> Pending:
+    """The message is cut to MESSAGE_BYTES of UTF-8, not characters: parts of it are a tenant's (a spec's error), and
+    the queue's bound must hold in bytes."""
     meta = involved.get("metadata", {})
-    namespace = meta.get("namespace") or "default"  # a cluster-scoped object's Events land in `default`
-    return Pending(namespace, involved.get("apiVersion", "v1"), kind, meta.get("name") or "object", meta.get("uid"),
-                   event_type, reason, message[:1024], now.timestamp())
+    scope = meta.get("namespace") or ""
+    return Pending(scope or "default", scope, involved.get("apiVersion", "v1"), kind, meta.get("name"),
+                   meta.get("uid"), event_type, reason, message.encode()[:MESSAGE_BYTES].decode(errors="ignore"),
+                   now.timestamp())
 
 
 class EventQueue:
@@ -81,16 +90,17 @@ class EventQueue:
         """Queues `event`; returns the Event dropped to make room for it, if any."""
         dropped = None
         if self._size >= self.limit:
-            victim = max(self._lines, key=lambda ns: len(self._lines[ns]))
-            if len(self._lines.get(event.namespace, ())) + 1 >= len(self._lines[victim]):
-                victim = event.namespace  # its own line, with this Event, is the longest: it pays
+            # O(lines) per push, and only while full.
+            victim = max(self._lines, key=lambda line: len(self._lines[line]))
+            if len(self._lines.get(event.scope, ())) + 1 >= len(self._lines[victim]):
+                victim = event.scope  # its own line, with this Event, is the longest: it pays
             if victim not in self._lines:
                 return event  # every line is as short as can be: the newcomer itself is dropped
             dropped = self._lines[victim].popleft()
             self._size -= 1
             if not self._lines[victim]:
                 del self._lines[victim]
-        self._lines.setdefault(event.namespace, collections.deque()).append(event)
+        self._lines.setdefault(event.scope, collections.deque()).append(event)
         self._size += 1
         return dropped
 
@@ -108,6 +118,7 @@ class EventQueue:
         return event
 
     def clear(self) -> int:
+        """Empties the queue; returns how many Events it held."""
         dropped, self._size = self._size, 0
         self._lines.clear()
         return dropped
@@ -118,7 +129,7 @@ class EventSink:
     are started on demand (`spawn`, so shutdown cancels them) and end when the queue is empty."""
 
     def __init__(self, send: Callable[[Pending], Coroutine[Any, Any, None]],
-                 spawn: Callable[[Coroutine[Any, Any, None]], None], clock: Callable[[], dt.datetime],
+                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task], clock: Callable[[], dt.datetime],
                  limit: int = QUEUE_LIMIT, senders: int = SENDERS) -> None:
         self._send, self._spawn, self._clock = send, spawn, clock
         self.queue = EventQueue(limit)
@@ -128,25 +139,28 @@ class EventSink:
         self._last_warning = float("-inf")
 
     def post(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
+        """Never waits and never fails: the caller is a reconcile, which an Event must not slow."""
         if self._closed:
             return
         if self.queue.push(pending(involved, kind, event_type, reason, message, self._clock())) is not None:
             self._dropped(1)
         if self._senders < self._max_senders:
+            # Counted down when the task ends, however it ends (a task cancelled before its first step never runs
+            # the coroutine's own `finally`).
+            self._spawn(self._drain()).add_done_callback(self._sender_done)
             self._senders += 1
-            self._spawn(self._drain())
 
     def close(self) -> None:
         """No more Events from this process; what waits is dropped (counted, not warned about: it is a shutdown)."""
         self._closed = True
         metrics.events_dropped.inc(self.queue.clear())
 
+    def _sender_done(self, _task: asyncio.Task) -> None:
+        self._senders -= 1
+
     async def _drain(self) -> None:
-        try:
-            while (event := self.queue.pop()) is not None:
-                await self._send(event)  # never raises but for cancellation (kube.post_event logs its failures)
-        finally:
-            self._senders -= 1
+        while (event := self.queue.pop()) is not None:
+            await self._send(event)  # never raises but for cancellation (kube.post_event logs its failures)
 
     def _dropped(self, n: int) -> None:
         metrics.events_dropped.inc(n)

@@ -347,12 +347,14 @@ class Kube:
     async def post_event(self, event: Pending) -> None:
         """A core/v1 Event (what `kubectl describe` shows), at the lowest priority (events.py). Best effort: a lost
         Event must not fail a reconcile."""
+        when = event.when()
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{event.name[:200]}.{uuid.uuid4().hex[:12]}", "namespace": event.namespace},
+            "metadata": {"name": f"{(event.name or 'object')[:200]}.{uuid.uuid4().hex[:12]}",
+                         "namespace": event.namespace},
             "involvedObject": event.involved(), "type": event.event_type, "reason": event.reason,
             "message": event.message, "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
-            "firstTimestamp": event.when(), "lastTimestamp": event.when(), "count": 1,
+            "firstTimestamp": when, "lastTimestamp": when, "count": 1,
         }
         try:
             await self._call("POST", f"/api/v1/namespaces/{quote(event.namespace)}/events", body, low=True)

@@ -29,7 +29,7 @@ from .bundles import TrustBundles
 from .clustertrustbundle import ClusterTrustBundlePublisher
 from .compact import Shared, compact
 from .config import Settings
-from .events import EventSink
+from .events import SENDERS, EventSink
 from .fairness import FairQueue, RenewLimiter, RenewLimits, key_cost
 from .issuer import Issuer
 from .kube import ApiError, Conflict, Kube, NotFound, WatchHealth
@@ -215,8 +215,9 @@ class Reconciler:
         # Our own list-and-watch streams: (what, namespace or None for cluster-wide) -> its health.
         self._watches: dict[tuple[str, str | None], WatchHealth] = {}
         # Events queue behind every other call (events.py), bounded and fair across namespaces.
-        self.events = EventSink(lambda event: self.kube.post_event(event), self.spawn, clock)
-        metrics.events_waiting.set_function(lambda: len(self.events.queue))
+        self.events = EventSink(lambda event: self.kube.post_event(event), self.spawn, clock,
+                                senders=max(1, min(SENDERS, settings.api_workers // 4)))
+        metrics.events_waiting.set_function(self.events.queue.__len__)  # the queue only: not this whole Reconciler
         self.ca_secret: dict[str, Any] | None = None  # the CA Secret as last loaded (valid)
         self.bundles = TrustBundles(kube, settings.bundle_configmap, settings.bundle_namespaces,
                                     bundle=lambda: self.ca.bundle_pem if self.ca else None,
@@ -1040,11 +1041,12 @@ class Reconciler:
             metrics.failures.labels(reason).inc()
             self.post_event(body, KIND, "Warning", reason, message)
 
-    def spawn(self, coroutine) -> None:
+    def spawn(self, coroutine) -> asyncio.Task:
         """Runs background work tracked with the reconciles (so shutdown cancels it too)."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def post_event(self, involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str) -> None:
         """Queues an Event (events.py): it must neither delay the status a user waits for, nor fail a reconcile."""

@@ -30,7 +30,19 @@ def test_an_event_keeps_a_reference_not_the_object_and_the_time_it_was_posted() 
     assert e.involved() == {"apiVersion": "mtls-operator.io/v1alpha1", "kind": "MtlsIdentity", "name": "api",
                             "namespace": "shop", "uid": "u1"}
     assert e.when() == "2026-12-02T12:00:05Z" and len(e.message) == 1024
-    assert pending({"metadata": {"name": "main"}}, "MtlsAuthority", "Normal", "X", "", NOW).namespace == "default"
+    authority = pending({"metadata": {"name": "main"}}, "MtlsAuthority", "Normal", "X", "", NOW)
+    assert (authority.namespace, authority.scope) == ("default", "")  # written to `default`, queued apart from it
+    wide = pending({"metadata": {"namespace": "shop", "name": "api"}}, "MtlsIdentity", "Warning", "Invalid",
+                   "\U0001f600" * 2000, NOW)
+    assert len(wide.message.encode()) <= 1024 and wide.message == "\U0001f600" * 256  # bytes, not characters
+
+
+def test_the_operators_own_events_are_not_crowded_out_by_a_tenant_of_default() -> None:
+    q = EventQueue(limit=3)
+    q.push(pending({"metadata": {"name": "main"}}, "MtlsAuthority", "Warning", "CALost", "", NOW))
+    for i in range(10):
+        q.push(event("default", f"d{i}"))
+    assert sorted(names([q.pop() for _ in range(3)])) == ["d8", "d9", "main"]
 
 
 def test_namespaces_take_turns() -> None:
@@ -85,8 +97,10 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
             sent.append(e.name)
             in_flight -= 1
 
-        def spawn(coroutine: Any) -> None:
-            tasks.add(asyncio.get_running_loop().create_task(coroutine))
+        def spawn(coroutine: Any) -> asyncio.Task:
+            task = asyncio.get_running_loop().create_task(coroutine)
+            tasks.add(task)
+            return task
 
         sink = EventSink(send, spawn, lambda: NOW, senders=2)
         for i in range(5):
@@ -106,6 +120,7 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
         for i in range(4):
             sink.post({"metadata": {"namespace": "a", "name": f"late{i}"}}, "MtlsIdentity", "Normal", "Issued", "")
         await asyncio.sleep(0)  # let the senders take their first Event each
+        assert len(tasks) == 2
         sink.close()
         sink.post({"metadata": {"namespace": "a", "name": "after"}}, "MtlsIdentity", "Normal", "Issued", "")
         gate.set()
