@@ -21,7 +21,6 @@ Events. Kubernetes treats Events as best effort (client-go's recorder queues and
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
 import logging
 import time
@@ -29,6 +28,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, NamedTuple
 
 from . import metrics
+from .fairness import FairQueue
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 20_000  # Events waiting at most (a few hundred bytes each): a renewal wave of 10,000 fits
@@ -41,8 +41,8 @@ class Pending(NamedTuple):
     """What an Event needs, without holding on to the object it is about (a newer version may replace it). Flat and
     small (about 400 bytes with its message): a renewal wave queues one per identity."""
 
+    scope: str  # its line in the queue (first: fairness.FairQueue's key): the object's namespace, "" if cluster-scoped
     namespace: str  # where the Event is written
-    scope: str  # its line in the queue: the object's namespace, "" for a cluster-scoped object
     api_version: str
     kind: str
     name: str | None
@@ -68,60 +68,38 @@ def pending(involved: Mapping[str, Any], kind: str, event_type: str, reason: str
     the queue's bound must hold in bytes."""
     meta = involved.get("metadata", {})
     scope = meta.get("namespace") or ""
-    return Pending(scope or "default", scope, involved.get("apiVersion", "v1"), kind, meta.get("name"),
+    return Pending(scope, scope or "default", involved.get("apiVersion", "v1"), kind, meta.get("name"),
                    meta.get("uid"), event_type, reason, message.encode()[:MESSAGE_BYTES].decode(errors="ignore"),
                    now.timestamp())
 
 
-class EventQueue:
-    """Pure bookkeeping: the lines per namespace, round-robin order and the bound (unit-tested without an API)."""
+class EventQueue(FairQueue):
+    """The reconcile queue's turns across namespaces (fairness.FairQueue), with a bound: pure bookkeeping,
+    unit-tested without an API."""
 
     def __init__(self, limit: int = QUEUE_LIMIT) -> None:
         if limit < 1:
             raise ValueError("the Event queue must hold at least one Event")
+        super().__init__()
         self.limit = limit
-        self._lines: collections.OrderedDict[str, collections.deque[Pending]] = collections.OrderedDict()
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
 
     def push(self, event: Pending) -> Pending | None:
         """Queues `event`; returns the Event dropped to make room for it, if any."""
         dropped = None
-        if self._size >= self.limit:
-            # O(lines) per push, and only while full.
-            victim = max(self._lines, key=lambda line: len(self._lines[line]))
-            if len(self._lines.get(event.scope, ())) + 1 >= len(self._lines[victim]):
+        if len(self) >= self.limit:
+            victim = self.longest_line()
+            assert victim is not None  # full, so not empty
+            if self.line_length(event.scope) + 1 >= self.line_length(victim):
                 victim = event.scope  # its own line, with this Event, is the longest: it pays
-            if victim not in self._lines:
+            if not self.line_length(victim):
                 return event  # every line is as short as can be: the newcomer itself is dropped
-            dropped = self._lines[victim].popleft()
-            self._size -= 1
-            if not self._lines[victim]:
-                del self._lines[victim]
-        self._lines.setdefault(event.scope, collections.deque()).append(event)
-        self._size += 1
+            dropped = self.drop_oldest(victim)
+        self.put(event)
         return dropped
 
     def pop(self) -> Pending | None:
-        """The oldest Event of the namespace whose turn it is; that namespace goes to the back."""
-        if not self._lines:
-            return None
-        namespace, line = next(iter(self._lines.items()))
-        event = line.popleft()
-        self._size -= 1
-        if line:
-            self._lines.move_to_end(namespace)
-        else:
-            del self._lines[namespace]
-        return event
-
-    def clear(self) -> int:
-        """Empties the queue; returns how many Events it held."""
-        dropped, self._size = self._size, 0
-        self._lines.clear()
-        return dropped
+        """The oldest Event of the line whose turn it is; that line goes to the back."""
+        return self.get_nowait()  # type: ignore[return-value]
 
 
 class EventSink:

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Hashable
+from typing import Any
 
 
 @dataclasses.dataclass
@@ -230,7 +231,8 @@ class FairQueue:
     def __len__(self) -> int:
         return self._size
 
-    def put(self, key: tuple[str, str], urgent: bool = False) -> None:
+    def put(self, key: tuple[Any, ...], urgent: bool = False) -> None:
+        """`key[0]` names the line (the namespace) it waits in."""
         line = self._lines.get(key[0])
         if line is None:
             line = self._lines[key[0]] = collections.deque()
@@ -256,6 +258,34 @@ class FairQueue:
         if not self._size:
             self._nonempty.clear()
         return key
+
+    def line_length(self, namespace: str) -> int:
+        line = self._lines.get(namespace)
+        return len(line) if line else 0
+
+    def longest_line(self) -> str | None:
+        """O(lines): for a bounded user (events.py) that must shed work, and only then."""
+        return max(self._lines, key=lambda namespace: len(self._lines[namespace])) if self._lines else None
+
+    def drop_oldest(self, namespace: str) -> Hashable:
+        """Takes the head of one namespace's line out of the queue (it must have one)."""
+        line = self._lines[namespace]
+        key = line.popleft()
+        if not line:
+            del self._lines[namespace]
+            self._turns.remove(namespace)
+        self._size -= 1
+        if not self._size:
+            self._nonempty.clear()
+        return key
+
+    def clear(self) -> int:
+        """Empties the queue; returns how many it held."""
+        dropped, self._size = self._size, 0
+        self._lines.clear()
+        self._turns.clear()
+        self._nonempty.clear()
+        return dropped
 
     async def get(self) -> Hashable:
         while True:

@@ -187,3 +187,13 @@ def test_an_event_takes_a_free_slot_when_nothing_waits_and_cancelled_waits_lose_
         assert slots.free == 2
 
     asyncio.run(run())
+
+
+def test_a_line_emptied_by_the_bound_leaves_the_turns_and_comes_back_at_the_end() -> None:
+    q = EventQueue(limit=2)
+    q.push(event("a", "a1"))
+    q.push(event("b", "b1"))
+    assert names([q.push(event("a", "a2"))]) == ["a1"]  # a's only Event made way: its line was gone for a moment
+    assert names([q.pop(), q.pop(), q.pop()]) == ["b1", "a2", None]
+    q.push(event("c", "c1"))
+    assert q.clear() == 1 and q.pop() is None and len(q) == 0
