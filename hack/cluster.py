@@ -44,6 +44,7 @@ STATE_FILE = STATE_DIR / "state.json"
 DEFAULT_KUBECONFIG = STATE_DIR / "kubeconfig"
 SERVICE_CIDR = "10.96.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 # The controllers the operator's behaviour depends on; the rest (nodes, pods, volumes) have nothing to act on here.
 CONTROLLERS = ",".join(f"{c}-controller" for c in (
@@ -305,16 +306,22 @@ class LocalCluster:
         path = self.workdir / "audit-policy.json"
         path.write_text(json.dumps({
             "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
-            "rules": [{"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+            "rules": [{"level": "Metadata", "verbs": sorted(WRITE_VERBS)},
+                      # Reads of single Secrets too: whether a restart read a Secret's data is for the audit to say.
+                      {"level": "Metadata", "verbs": ["get"], "resources": [{"group": "", "resources": ["secrets"]}]},
                       {"level": "None"}],
         }))
         return path
 
-    def writes(self) -> list[dict]:
-        """The audit log's write events so far (one per request, at ResponseComplete)."""
+    def audited(self) -> list[dict]:
+        """The audit log's events so far (one per request, at ResponseComplete): every write, and GETs of a Secret."""
         if not self.audit_log.exists():
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+
+    def writes(self) -> list[dict]:
+        """The audit log's write events so far."""
+        return [e for e in self.audited() if e.get("verb") in WRITE_VERBS]
 
     def halt(self, name: str = "kube-apiserver", grace: float = 10.0) -> None:
         """Stops one component (SIGTERM, SIGKILL after the grace), as an outage or a restart would; `resume` starts it

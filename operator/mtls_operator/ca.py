@@ -43,7 +43,20 @@ class CA:
         return self.cert.not_valid_after_utc
 
     def chain_pem(self) -> bytes:
+        return self._chain_pem
+
+    @functools.cached_property
+    def _chain_pem(self) -> bytes:  # every decision compares a Secret's chain with it: encoded once per loaded CA
         return pki.to_pem(*self.chain)
+
+    @functools.cached_property
+    def bundle_digest(self) -> str:
+        """pki.digest of the bundle, as the Secrets written with it record it (tlssecret.ANN_BUNDLE)."""
+        return pki.digest(self.bundle_pem)
+
+    @functools.cached_property
+    def chain_digest(self) -> str:
+        return pki.digest(self.chain_pem())
 
     @functools.cached_property
     def anchor_fingerprint(self) -> str:

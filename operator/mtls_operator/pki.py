@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import ipaddress
 from collections.abc import Sequence
 
@@ -100,6 +101,11 @@ def bare(cert: x509.Certificate) -> x509.Certificate:
 
 def to_pem(*certs: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def digest(data: bytes) -> str:
+    """A short SHA-256 of some PEM, for an annotation that names it: 128 bits, as spec-hash."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def fingerprint(cert: x509.Certificate) -> str:

@@ -13,6 +13,9 @@ import dataclasses
 import datetime as dt
 import enum
 import itertools
+import typing
+from collections.abc import Mapping
+from typing import Any
 
 from . import pki, tlssecret
 from .ca import CA
@@ -152,3 +155,54 @@ def _decide(spec: IdentitySpec, view: tlssecret.SecretView, ca: CA, now: dt.date
         return Decision(Action.REFRESH, Reason.METADATA_CHANGED, "labels or annotations differ from the template",
                         renewal_time=next_look)
     return Decision(Action.NONE, Reason.UP_TO_DATE, renewal_time=next_look)
+
+
+class Standing(typing.NamedTuple):
+    not_after: dt.datetime
+    renewal_time: dt.datetime
+
+
+def standing(spec: IdentitySpec, secret_meta: Mapping[str, Any], identity: Mapping[str, Any], ca: CA,
+             now: dt.datetime) -> Standing | None:
+    """A restart's shortcut past reading a Secret's data: decide() would find nothing to do, judged from the Secret's
+    metadata and the identity's status alone. None when that cannot be shown: the data is read and decide() has its say.
+
+    The proof is the resourceVersion: the status records the Secret's version as this operator last wrote it
+    (status.secretResourceVersion), and any change to the Secret since gives it another. Unchanged, the annotations
+    written with the data (tlssecret.record, the digests of ca.crt and of the chain) describe that data, and the
+    checks below are decide()'s, in its order, on them. A tenant able to write its identity's status can make the
+    operator trust its own Secret, which it can write anyway: nothing of another namespace is at stake."""
+    state = identity.get("status") or {}
+    meta = identity.get("metadata") or {}
+    version = secret_meta.get("resourceVersion")
+    if not version or state.get("secretResourceVersion") != version:
+        return None
+    ready = next((c for c in state.get("conditions") or () if c.get("type") == "Ready"), {})
+    if ready.get("status") != "True" or state.get("observedGeneration") != meta.get("generation", 0):
+        return None  # the status is not what _act would write: it writes it, after a full look
+    if ca.legacy_roots or spec.restart_targets:
+        return None  # a recovery's leaves and a workload roll are judged on the certificate itself
+    annotations = secret_meta.get("annotations") or {}
+    written = {**spec.secret_annotations, tlssecret.ANN_ISSUER: ca.fingerprint, tlssecret.ANN_SPIFFE_ID: spec.spiffe_id,
+               tlssecret.ANN_SPEC_HASH: spec.shape_hash, tlssecret.ANN_BUNDLE: ca.bundle_digest,
+               tlssecret.ANN_CHAIN: ca.chain_digest, tlssecret.ANN_SERIAL: state.get("serialNumber"),
+               tlssecret.ANN_NOT_AFTER: state.get("notAfter"), tlssecret.ANN_REVISION: str(state.get("revision"))}
+    if (any(annotations.get(k) != v for k, v in written.items()) or state.get("issuerFingerprint") != ca.fingerprint
+            or state.get("secretName") != spec.secret_name or state.get("spiffeID") != spec.spiffe_id):
+        return None
+    renew_request = (meta.get("annotations") or {}).get(tlssecret.ANN_RENEW_REQUEST, "")
+    if renew_request and annotations.get(tlssecret.ANN_RENEW_HANDLED) != renew_request:
+        return None
+    labels = secret_meta.get("labels") or {}
+    if any(labels.get(k) != v for k, v in tlssecret.desired_labels(spec).items()):
+        return None
+    try:
+        not_after = dt.datetime.strptime(annotations[tlssecret.ANN_NOT_AFTER], "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=dt.UTC)
+        serial = int(annotations[tlssecret.ANN_SERIAL], 16)
+    except (KeyError, TypeError, ValueError):
+        return None
+    due = renewal_time(not_after, spec, serial)
+    if now >= due or state.get("renewalTime") != due.strftime("%Y-%m-%dT%H:%M:%SZ"):
+        return None
+    return Standing(not_after, due)

@@ -169,6 +169,10 @@ class Reconciler:
         # (ns, secretName) -> a Secret proven ours (ownership.py), only the data fields we read. Nothing else is kept.
         self._bundle_text, self._bundle_bytes = Shared(4), Shared(4)
         self.secrets = NewestCache(self._trimmed_secret)
+        # (ns, secretName) -> the metadata of a Secret proven ours that start-up did not read, because the identity's
+        # status records it at this very version (plan.standing). Its data is read when a reconcile needs more than
+        # the metadata says; a watch event for it, or a read, ends its entry.
+        self.unread: dict[Key, dict[str, Any]] = {}
         # The signing core shared with the pod-certificate signer: the CA in force, policy grants, fair slots.
         self.issuer = Issuer(settings, clock)
         self.ca_error = "the CA has not been loaded yet"
@@ -303,6 +307,13 @@ class Reconciler:
         fetched by name; any other Secret costs a glance at its metadata and is forgotten."""
         meta = body["metadata"]
         skey = (meta["namespace"], meta["name"])
+        unread = self.unread.get(skey)
+        if unread is not None:
+            if event_type != "DELETED" and _uid(unread) == _uid(body) and _rv(unread) >= _rv(body):
+                return  # as start-up listed it
+            del self.unread[skey]
+            if event_type == "DELETED" or self.proven_owner(body) is None:
+                self._trigger_claimed(unread)
         known = self.secrets.get(skey)
         if event_type == "DELETED":
             self.secrets.drop(skey, body)
@@ -325,6 +336,9 @@ class Reconciler:
     def secrets_listed(self, namespace: str | None, bodies: list[dict[str, Any]]) -> None:
         """A fresh list after the watch broke off: what is gone from it was deleted meanwhile."""
         present = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies}
+        for skey in list(self.unread):
+            if (namespace is None or skey[0] == namespace) and skey not in present:
+                self._trigger_claimed(self.unread.pop(skey))
         for skey in self.secrets:
             if (namespace is None or skey[0] == namespace) and skey not in present:
                 known = self.secrets.get(skey)
@@ -335,10 +349,23 @@ class Reconciler:
             self.secret_event("ADDED", body)
 
     def proven_secrets(self, bodies: list[dict[str, Any]]) -> list[tuple[Key, str]]:
-        """Of these labelled Secrets (metadata), the ones proven ours: start-up keeps their keys and the versions
-        listed, page by page, and nothing else of the list."""
-        return [((b["metadata"]["namespace"], b["metadata"]["name"]), b["metadata"].get("resourceVersion", ""))
-                for b in bodies if self.proven_owner(b)]
+        """Of these labelled Secrets (metadata), the ones proven ours and to be read: start-up keeps their keys and
+        the versions listed, page by page, and nothing else of the list. One whose identity's status records it at
+        the version listed is unchanged since this operator wrote it: its metadata is kept (self.unread), not read."""
+        out = []
+        for b in bodies:
+            owner = self.proven_owner(b)
+            if owner is None:
+                continue
+            meta = b["metadata"]
+            skey = (meta["namespace"], meta["name"])
+            version = meta.get("resourceVersion", "")
+            recorded = ((self.identities.get(owner) or {}).get("status") or {}).get("secretResourceVersion")
+            if version and recorded == version:
+                self.unread[skey] = compact({"metadata": meta})
+            else:
+                out.append((skey, version))
+        return out
 
     async def prefill_secrets(self, pages: AsyncIterator[list[tuple[Key, str]]]) -> None:
         """Start-up: the data of the Secrets proven ours (proven_secrets, a page of the metadata list at a time), one
@@ -377,6 +404,7 @@ class Reconciler:
             log.warning("could not read Secret %s/%s: %s", *skey, e)
             body = None
         proven = self.proven_owner(body) if body is not None else None
+        self.unread.pop(skey, None)
         if proven is not None:
             self.secrets.put(skey, body)
             identity = self.identities.get(proven)
@@ -656,9 +684,14 @@ class Reconciler:
         except ApiError as e:
             log.warning("could not read MtlsAuthority %s: %s", self.authority.name, e)
             authority = None
+        if self.unread:  # the evidence is in their data (ca.crt): read them all first
+            await self.prefill_secrets(self._unread_pages())
         bodies = (self.secrets.get(k) for k in self.secrets)
         return caloss.gather((b for b in bodies if b), authority, f"{s.ca_namespace}/{s.ca_secret_name}", self.ca,
                              self.clock())
+
+    async def _unread_pages(self) -> AsyncIterator[list[tuple[Key, str]]]:
+        yield [(skey, meta["metadata"].get("resourceVersion", "")) for skey, meta in list(self.unread.items())]
 
     async def _recovery_check(self) -> None:
         """While the CA is lost: is its Secret back, or is a new root approved? Looked at every RECOVERY_CHECK."""
@@ -752,6 +785,12 @@ class Reconciler:
         for _attempt in range(3):
             skey = (spec.namespace, spec.secret_name)
             secret = self.secrets.get(skey)
+            unread = self.unread.get(skey) if secret is None else None
+            if unread is not None:
+                if self._stands(key, body, spec, unread):
+                    return
+                await self._fetch_secret(skey, None, unread["metadata"].get("resourceVersion", ""))
+                secret = self.secrets.get(skey)
             if secret is None and key in self._conflicted:
                 secret = await self.kube.get_secret(*skey)
             view = self._view(skey, secret, meta["uid"])
@@ -763,6 +802,7 @@ class Reconciler:
                 # read it fresh and decide again.
                 log.debug("secret %s/%s changed under us (%s); deciding again", *skey, e.reason)
                 fresh = await self.kube.get_secret(*skey)
+                self.unread.pop(skey, None)
                 if fresh is not None and self.proven_owner(fresh) == key:
                     self.secrets.put(skey, fresh)
                 elif fresh is not None:
@@ -770,6 +810,21 @@ class Reconciler:
                 else:
                     self.secrets.drop(skey)
         raise RuntimeError(f"Secret {spec.secret_name} kept changing while being written")
+
+    def _stands(self, key: Key, body: dict[str, Any], spec: IdentitySpec, unread: Mapping[str, Any]) -> bool:
+        """The end of a reconcile that _act would end with nothing to write (plan.standing), for a Secret start-up
+        did not read: its gauges and its next look. False: its data must be read."""
+        ca = self.ca
+        if ca is None or self.proven_owner(unread) != key:
+            return False
+        found = plan.standing(spec, unread["metadata"], body, ca, self.clock())
+        if found is None:
+            return False
+        self._conflicted.discard(key)
+        self._blocked.discard(key)
+        self._gauge(key, True, found.not_after.timestamp(), found.renewal_time.timestamp())
+        self.scheduler.schedule(key, found.renewal_time)
+        return True
 
     async def _act(self, key: Key, body: dict[str, Any], spec: IdentitySpec, view: tlssecret.SecretView) -> None:
         now = self.clock()
@@ -793,9 +848,11 @@ class Reconciler:
             await self._secret_unwritable(key, body, spec, view, decision.message)
             return
 
+        written = ""
         try:
             if decision.action is plan.Action.ISSUE:
                 cert, renewal, revision = await self._issue(body, spec, view, decision, ca)
+                written = self._secret_version(spec)
             else:
                 assert view.cert is not None
                 cert, renewal, revision = view.cert, decision.renewal_time, view.revision
@@ -806,6 +863,7 @@ class Reconciler:
                     await self._write(spec, body, view, tlssecret.build(
                         spec, body["metadata"]["uid"], cert, view.private_key(), chain, ca.bundle_pem, annotations,
                         view.resource_version))
+                    written = self._secret_version(spec)
         except ApiError as e:
             if isinstance(e, (Conflict, NotFound)) or e.status not in UNWRITABLE_STATUSES:
                 raise
@@ -822,7 +880,7 @@ class Reconciler:
         if deferred is not None and decision.action is not plan.Action.ISSUE:
             next_look = min(next_look or deferred[0], deferred[0])  # the request is served when a token is due
         desired = status.healthy(body.get("status") or {}, spec.secret_name, spec.spiffe_id, cert, renewal, revision,
-                                 ca.fingerprint, body["metadata"].get("generation", 0), now)
+                                 ca.fingerprint, body["metadata"].get("generation", 0), now, written)
         if deferred is not None and decision.action is not plan.Action.ISSUE:
             ready = desired["conditions"][0]
             ready["message"] = (f"{ready['message']}; a renewal request ({tlssecret.ANN_RENEW_REQUEST}) is deferred by "
@@ -967,6 +1025,11 @@ class Reconciler:
             renewal = cert.not_valid_after_utc
         return cert, renewal, revision
 
+    def _secret_version(self, spec: IdentitySpec) -> str:
+        """The resourceVersion of the Secret as just written (its write's answer is cached)."""
+        return ((self.secrets.get((spec.namespace, spec.secret_name)) or {}).get("metadata") or {}).get(
+            "resourceVersion", "")
+
     async def _write(self, spec: IdentitySpec, body: dict[str, Any], view: tlssecret.SecretView,
                      secret: dict[str, Any]) -> None:
         skey = (spec.namespace, spec.secret_name)
@@ -976,6 +1039,7 @@ class Reconciler:
                 written = await self.kube.replace_secret(secret)
             else:
                 written = await self.kube.create_secret(secret)
+            self.unread.pop(skey, None)
             self.secrets.put(skey, written)
         finally:
             seen = self._writing.pop(skey, None)

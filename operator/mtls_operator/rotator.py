@@ -30,14 +30,16 @@ class SecretsView(Protocol):
 
 class RotationHost(Protocol):
     """All the rotation uses of the operator around it (the Reconciler provides it): the CA Secret as loaded and a way
-    to load a new one, the issued Secrets proven ours and whether their identities can be served, the trust bundles
-    it waits for, the status it reports on, and the scheduler, Events and background tasks."""
+    to load a new one, the issued Secrets proven ours (read, or known by their metadata: unread) and whether their
+    identities can be served, the trust bundles it waits for, the status it reports on, and the scheduler, Events and
+    background tasks."""
 
     settings: Settings
     kube: Kube
     ca: ca_mod.CA | None
     ca_secret: dict[str, Any] | None
     secrets: SecretsView
+    unread: dict[Any, dict[str, Any]]  # Secrets proven ours known by their metadata only (Reconciler.unread)
     bundles: TrustBundles
     cluster_bundle: ClusterTrustBundlePublisher | None
     authority: AuthorityStatus
@@ -148,6 +150,16 @@ class RootRotator:
             if (body.get("data") or {}).get("ca.crt") != bundle:
                 stale.append(f"{key[0]}/{key[1]}")
             if (body.get("metadata", {}).get("annotations") or {}).get(tlssecret.ANN_ISSUER) != authority.fingerprint:
+                old.append(f"{key[0]}/{key[1]}")
+        for key, body in list(self.r.unread.items()):
+            # Not read since start-up, and unchanged since this operator wrote it: its digests say what it holds.
+            owner = self.r.proven_owner(body)
+            if owner is None or not self.r.servable(owner):
+                continue
+            annotations = body["metadata"].get("annotations") or {}
+            if annotations.get(tlssecret.ANN_BUNDLE) != authority.bundle_digest:
+                stale.append(f"{key[0]}/{key[1]}")
+            if annotations.get(tlssecret.ANN_ISSUER) != authority.fingerprint:
                 old.append(f"{key[0]}/{key[1]}")
         configmaps = self.r.bundles.stale() if self.r.settings.bundle_configmap else 0
         if self.r.cluster_bundle is not None:

@@ -44,7 +44,9 @@ def _condition(previous: Mapping[str, Any], ready: bool, reason: str, message: s
 
 def healthy(previous: Mapping[str, Any], secret_name: str, spiffe_id: str, cert: x509.Certificate,
             renewal: dt.datetime | None, revision: int, issuer_fingerprint: str, generation: int,
-            now: dt.datetime) -> dict[str, Any]:
+            now: dt.datetime, secret_version: str = "") -> dict[str, Any]:
+    """The status of a served identity. `secret_version` is the Secret's resourceVersion when this reconcile wrote
+    it; empty, the status keeps the version it had (plan.standing: a version recorded is one the operator wrote)."""
     not_after = cert.not_valid_after_utc
     message = f"certificate {pki.serial_hex(cert)[:16]}… valid until {timestamp(not_after)}"
     out = {
@@ -60,6 +62,8 @@ def healthy(previous: Mapping[str, Any], secret_name: str, spiffe_id: str, cert:
         "conditions": _condition(previous, True, Ready.RENEWED if revision > 1 else Ready.ISSUED, message,
                                  generation, now),
     }
+    if secret_version:
+        out["secretResourceVersion"] = secret_version
     return out
 
 

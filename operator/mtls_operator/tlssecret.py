@@ -32,6 +32,11 @@ ANN_SPIFFE_ID = f"{GROUP}/spiffe-id"
 # Secret is lost, its certificates in use are told apart from another CA's (caloss.py).
 ANN_CA_SECRET = f"{GROUP}/ca-secret"
 ANN_RENEW_HANDLED = f"{GROUP}/renew-handled"
+# pki.digest of ca.crt and of the chain in tls.crt, as written. With the resourceVersion the identity's status records
+# (status.secretResourceVersion), they tell a restarted operator what the Secret holds without reading its data
+# (plan.standing).
+ANN_BUNDLE = f"{GROUP}/bundle-digest"
+ANN_CHAIN = f"{GROUP}/chain-digest"
 # Set on the MtlsIdentity by a user ("renew now"): any new value, e.g. a timestamp, triggers one reissue.
 ANN_RENEW_REQUEST = f"{GROUP}/renew"
 # On the pod template of a restartTargets workload: the certificate its pods were rolled for, and when.
@@ -170,7 +175,8 @@ def build(spec: IdentitySpec, identity_uid: str, cert: x509.Certificate, key: pk
         "name": spec.secret_name,
         "namespace": spec.namespace,
         "labels": desired_labels(spec),
-        "annotations": {**spec.secret_annotations, **annotations},
+        "annotations": {**spec.secret_annotations, **annotations, ANN_BUNDLE: pki.digest(ca_pem),
+                        ANN_CHAIN: pki.digest(chain_pem)},
         "ownerReferences": [{
             "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": spec.name, "uid": identity_uid,
             "controller": True, "blockOwnerDeletion": False,

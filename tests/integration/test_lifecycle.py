@@ -78,6 +78,49 @@ def test_restart_mid_life_reissues_nothing(api: Api, operator: OperatorProcess, 
                 api.secret(ns, f"{name}-mtls").metadata.resource_version) == before[name], name
 
 
+@pytest.mark.local_operator
+def test_a_restart_reads_only_the_secrets_changed_while_it_was_down(api: Api, operator: OperatorProcess, ns: str,
+                                                                    control_plane) -> None:
+    """A Secret its identity's status records at its current resourceVersion is as the operator wrote it: a restart
+    knows it by its metadata, without a GET. One edited meanwhile, or whose identity asks for more than that metadata
+    shows (a renewal request), is read and acted on."""
+    if control_plane is None:
+        pytest.skip("needs the local control plane's audit log")
+    calm = [f"calm{i}" for i in range(3)]
+    for name in [*calm, "edited", "asked"]:
+        api.create_identity(ns, name, {"duration": "1h"})
+    before = {}
+    for name in [*calm, "edited", "asked"]:
+        obj = api.wait_ready(ns, name)
+        secret = api.secret(ns, f"{name}-mtls")
+        assert obj["status"]["secretResourceVersion"] == secret.metadata.resource_version, name
+        before[name] = (obj["status"]["serialNumber"], secret.metadata.resource_version)
+    operator.stop()
+    _patch_data(api, ns, "edited-mtls", tls_key=pki.key_to_pem(pki.generate_key("ECDSA", 256)))
+    api.patch_identity(ns, "asked", {"metadata": {"annotations": {"mtls-operator.io/renew": "after-restart"}}})
+    operator.start()
+    pid = operator.proc.pid
+
+    for name in calm:
+        wait_for(f"{name} looked at after the restart", lambda n=name: (
+            f'mtls_operator_identity_ready{{name="{n}",namespace="{ns}"}} 1.0' in operator.metrics()))
+    _healed(api, ns, "edited", before["edited"][0])
+    wait_for("the renewal asked for", lambda: (o := api.ready(ns, "asked"))
+             and o["status"]["serialNumber"] != before["asked"][0])
+    read = {e["objectRef"]["name"] for e in control_plane.audited()
+            if e["verb"] == "get" and e["objectRef"].get("resource") == "secrets"
+            and e["objectRef"].get("namespace") == ns and f"-{pid}-" in e.get("userAgent", "")}
+    assert read == {"edited-mtls", "asked-mtls"}, read
+    for name in calm:
+        obj = api.ready(ns, name)
+        secret = api.secret(ns, f"{name}-mtls")
+        assert (obj["status"]["serialNumber"], secret.metadata.resource_version) == before[name], name
+        # Its next look is the renewal the status shows (to the second), as a full look would have scheduled it.
+        line = f'mtls_operator_certificate_renewal_timestamp_seconds{{name="{name}",namespace="{ns}"}} '
+        renewal = float(next(x for x in operator.metrics().splitlines() if x.startswith(line))[len(line):])
+        assert 0 <= renewal - _parse(obj["status"]["renewalTime"]).timestamp() < 1, name
+
+
 def test_deleted_secret_heals(api: Api, operator: OperatorProcess, ns: str) -> None:
     api.create_identity(ns, "heal")
     serial = api.wait_ready(ns, "heal")["status"]["serialNumber"]
