@@ -42,7 +42,8 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         # instead of trying to create it again.
         # The same for the inputs of the admission checks, so nothing is denied for want of a look.
         # Ownership is proven against the identities (ownership.py), so they come first; of the labelled Secrets only
-        # metadata is listed, and only those proven ours are read in full.
+        # metadata is listed, and only those proven ours are read in full — but not one its identity's status records at
+        # the version listed, unchanged since written: its metadata is kept instead (plan.standing).
         # Lists are read a page at a time, keeping only what the caches hold (a restart of 10,000 identities never
         # holds the whole lists at once), and the version each list was read at, for its watch to start from.
         namespaces = memo.settings.namespaces

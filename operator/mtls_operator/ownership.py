@@ -10,9 +10,11 @@ memory and hold a root rotation). A Secret is the operator's only when an identi
 
 A tenant can copy its identity's uid into any number of Secrets; only the name test bounds them to one per identity.
 
-So at most one Secret per identity is ever held, and its content is judged on every look like any other input: the key
-must match the certificate, the certificate must verify against the current CA and carry the identity's SPIFFE ID
-(plan.decide), or it is reissued. A tenant who edits the one Secret an identity names gets it healed, nothing more.
+So at most one Secret per identity is ever held, and its content is judged like any other input whenever it was
+changed by anyone but the operator: the key must match the certificate, the certificate must verify against the
+current CA and carry the identity's SPIFFE ID (plan.decide), or it is reissued. (A restart takes a Secret its identity's
+status records at the version listed as the operator wrote it: plan.standing.) A tenant who edits the one Secret an
+identity names gets it healed, nothing more.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from . import pki, tlssecret
+from . import pki, status, tlssecret
 from .ca import CA
 from .spec import IdentitySpec
 
@@ -169,8 +169,9 @@ def standing(spec: IdentitySpec, secret_meta: Mapping[str, Any], identity: Mappi
 
     The proof is the resourceVersion: the status records the Secret's version as this operator last wrote it
     (status.secretResourceVersion), and any change to the Secret since gives it another. Unchanged, the annotations
-    written with the data (tlssecret.record, the digests of ca.crt and of the chain) describe that data, and the
-    checks below are decide()'s, in its order, on them. A tenant able to write its identity's status can make the
+    written with the data (tlssecret.build: the record of issuance, the digests of ca.crt and of the chain) describe
+    that data, cross-checked with the status written from the certificate itself, and the checks below are
+    decide()'s, in its order, on them. A tenant able to write its identity's status can make the
     operator trust its own Secret, which it can write anyway: nothing of another namespace is at stake."""
     state = identity.get("status") or {}
     meta = identity.get("metadata") or {}
@@ -178,7 +179,11 @@ def standing(spec: IdentitySpec, secret_meta: Mapping[str, Any], identity: Mappi
     if not version or state.get("secretResourceVersion") != version:
         return None
     ready = next((c for c in state.get("conditions") or () if c.get("type") == "Ready"), {})
-    if ready.get("status") != "True" or state.get("observedGeneration") != meta.get("generation", 0):
+    revision = state.get("revision")
+    reason = status.Ready.RENEWED if isinstance(revision, int) and revision > 1 else status.Ready.ISSUED
+    message = status.ready_message(str(state.get("serialNumber")), str(state.get("notAfter")))
+    if (ready.get("status") != "True" or state.get("observedGeneration") != meta.get("generation", 0)
+            or ready.get("reason") != reason or ready.get("message") != message):
         return None  # the status is not what _act would write: it writes it, after a full look
     if ca.legacy_roots or spec.restart_targets:
         return None  # a recovery's leaves and a workload roll are judged on the certificate itself
@@ -186,7 +191,7 @@ def standing(spec: IdentitySpec, secret_meta: Mapping[str, Any], identity: Mappi
     written = {**spec.secret_annotations, tlssecret.ANN_ISSUER: ca.fingerprint, tlssecret.ANN_SPIFFE_ID: spec.spiffe_id,
                tlssecret.ANN_SPEC_HASH: spec.shape_hash, tlssecret.ANN_BUNDLE: ca.bundle_digest,
                tlssecret.ANN_CHAIN: ca.chain_digest, tlssecret.ANN_SERIAL: state.get("serialNumber"),
-               tlssecret.ANN_NOT_AFTER: state.get("notAfter"), tlssecret.ANN_REVISION: str(state.get("revision"))}
+               tlssecret.ANN_NOT_AFTER: state.get("notAfter"), tlssecret.ANN_REVISION: str(revision)}
     if (any(annotations.get(k) != v for k, v in written.items()) or state.get("issuerFingerprint") != ca.fingerprint
             or state.get("secretName") != spec.secret_name or state.get("spiffeID") != spec.spiffe_id):
         return None

@@ -309,11 +309,20 @@ class Reconciler:
         skey = (meta["namespace"], meta["name"])
         unread = self.unread.get(skey)
         if unread is not None:
-            if event_type != "DELETED" and _uid(unread) == _uid(body) and _rv(unread) >= _rv(body):
+            if event_type == "DELETED":
+                if _uid(unread) == _uid(body):
+                    del self.unread[skey]
+                    self._trigger_claimed(unread)
+            elif _uid(unread) == _uid(body) and _rv(unread) >= _rv(body):
                 return  # as start-up listed it
-            del self.unread[skey]
-            if event_type == "DELETED" or self.proven_owner(body) is None:
+            elif self.proven_owner(body) is None:
+                del self.unread[skey]
                 self._trigger_claimed(unread)
+            else:
+                # Changed: its newer metadata stands in until the read below lands. At a version the status does not
+                # record, it is never taken as written: a reconcile meanwhile reads it, the rotation counts it as
+                # stale, and the CA-loss evidence still sees whose it is.
+                self.unread[skey] = compact({"metadata": meta})
         known = self.secrets.get(skey)
         if event_type == "DELETED":
             self.secrets.drop(skey, body)
@@ -387,26 +396,41 @@ class Reconciler:
             for _ in range(self.settings.api_workers):
                 queue.put_nowait(None)
 
-    async def _fetch_secret(self, skey: Key, owner: Key | None, seen_version: str) -> None:
-        """Reads a Secret proven ours by its metadata, at the version seen there or newer (the API server's watch
-        cache answers: no etcd read)."""
+    async def _read_secret(self, skey: Key, seen_version: str) -> dict[str, Any] | None:
+        """A Secret at the version seen in its metadata or newer (the API server's watch cache answers: no etcd
+        read); None if it is gone. Raises what the API or the network raised."""
         try:
-            try:
-                body = await self.kube.get_secret(*skey, not_older_than=seen_version)
-            except ApiError as e:
-                if not seen_version or isinstance(e, NotFound):
-                    raise
-                # The cache is behind that version (a 504 after the server's wait: several API servers, a starved
-                # one): the latest, from etcd, rather than deciding on what was cached before the change.
-                log.debug("Secret %s/%s not served at version %s (%s): reading the latest", *skey, seen_version, e)
-                body = await self.kube.get_secret(*skey)
-        except (ApiError, aiohttp.ClientError, TimeoutError) as e:  # the reconcile reads it when its write conflicts
-            log.warning("could not read Secret %s/%s: %s", *skey, e)
-            body = None
-        proven = self.proven_owner(body) if body is not None else None
+            return await self.kube.get_secret(*skey, not_older_than=seen_version)
+        except ApiError as e:
+            if not seen_version or isinstance(e, NotFound):
+                raise
+            # The cache is behind that version (a 504 after the server's wait: several API servers, a starved
+            # one): the latest, from etcd, rather than deciding on what was cached before the change.
+            log.debug("Secret %s/%s not served at version %s (%s): reading the latest", *skey, seen_version, e)
+            return await self.kube.get_secret(*skey)
+
+    def _cache_read(self, skey: Key, body: dict[str, Any] | None) -> Key | None:
+        """Keeps a Secret just read if it is proven ours (and returns its owner); either way the read replaces what
+        was known of it by metadata."""
         self.unread.pop(skey, None)
+        proven = self.proven_owner(body) if body is not None else None
         if proven is not None:
             self.secrets.put(skey, body)
+        return proven
+
+    async def _fetch_secret(self, skey: Key, owner: Key | None, seen_version: str) -> None:
+        """Reads a Secret proven ours by its metadata (start-up, or a change the watch showed)."""
+        try:
+            body = await self._read_secret(skey, seen_version)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as e:
+            # What was known of it by metadata stays (the reconcile reads it itself); a Secret never known is read by
+            # the reconcile when its write conflicts.
+            log.warning("could not read Secret %s/%s: %s", *skey, e)
+            if owner is not None:
+                self.trigger(owner, urgent=True)
+            return
+        proven = self._cache_read(skey, body)
+        if proven is not None:
             identity = self.identities.get(proven)
             if owner is None and identity is not None:
                 # Start-up: parsed now, between the other reads (the API server's turn), rather than after them all
@@ -684,11 +708,12 @@ class Reconciler:
         except ApiError as e:
             log.warning("could not read MtlsAuthority %s: %s", self.authority.name, e)
             authority = None
-        if self.unread:  # the evidence is in their data (ca.crt): read them all first
+        if self.unread:  # the anchors are in their data (ca.crt): read them first
             await self.prefill_secrets(self._unread_pages())
-        bodies = (self.secrets.get(k) for k in self.secrets)
-        return caloss.gather((b for b in bodies if b), authority, f"{s.ca_namespace}/{s.ca_secret_name}", self.ca,
-                             self.clock())
+        bodies = [b for b in (self.secrets.get(k) for k in self.secrets) if b]
+        # Those whose read failed still show, by their annotations, that a root is in use.
+        bodies.extend(self.unread.values())
+        return caloss.gather(bodies, authority, f"{s.ca_namespace}/{s.ca_secret_name}", self.ca, self.clock())
 
     async def _unread_pages(self) -> AsyncIterator[list[tuple[Key, str]]]:
         yield [(skey, meta["metadata"].get("resourceVersion", "")) for skey, meta in list(self.unread.items())]
@@ -789,7 +814,9 @@ class Reconciler:
             if unread is not None:
                 if self._stands(key, body, spec, unread):
                     return
-                await self._fetch_secret(skey, None, unread["metadata"].get("resourceVersion", ""))
+                # Read before deciding (a failed read fails this reconcile, retried with backoff): deciding without
+                # it would take the Secret for missing and sign for a create that cannot land.
+                self._cache_read(skey, await self._read_secret(skey, unread["metadata"].get("resourceVersion", "")))
                 secret = self.secrets.get(skey)
             if secret is None and key in self._conflicted:
                 secret = await self.kube.get_secret(*skey)
@@ -810,6 +837,14 @@ class Reconciler:
                 else:
                     self.secrets.drop(skey)
         raise RuntimeError(f"Secret {spec.secret_name} kept changing while being written")
+
+    def as_written(self, unread: Mapping[str, Any]) -> bool:
+        """Whether a Secret known by metadata is at the version its owner's status records: its annotations then
+        describe its data (plan.standing)."""
+        owner = self.proven_owner(unread)
+        recorded = ((self.identities.get(owner) or {}).get("status") or {}).get("secretResourceVersion") \
+            if owner is not None else None
+        return bool(recorded) and recorded == unread["metadata"].get("resourceVersion")
 
     def _stands(self, key: Key, body: dict[str, Any], spec: IdentitySpec, unread: Mapping[str, Any]) -> bool:
         """The end of a reconcile that _act would end with nothing to write (plan.standing), for a Secret start-up
@@ -851,19 +886,22 @@ class Reconciler:
         written = ""
         try:
             if decision.action is plan.Action.ISSUE:
-                cert, renewal, revision = await self._issue(body, spec, view, decision, ca)
-                written = self._secret_version(spec)
+                cert, renewal, revision, written = await self._issue(body, spec, view, decision, ca)
             else:
                 assert view.cert is not None
                 cert, renewal, revision = view.cert, decision.renewal_time, view.revision
                 if decision.action is plan.Action.REFRESH:
                     annotations = {k: v for k, v in view.annotations.items() if k.startswith(GROUP + "/")}
                     # A lost root's leaf kept through a recovery keeps the chain it came with.
-                    chain = ca.chain_pem() if view.issued_by(ca.cert) else view.chain_pem
-                    await self._write(spec, body, view, tlssecret.build(
+                    ours = view.issued_by(ca.cert)
+                    chain = ca.chain_pem() if ours else view.chain_pem
+                    version = await self._write(spec, body, view, tlssecret.build(
                         spec, body["metadata"]["uid"], cert, view.private_key(), chain, ca.bundle_pem, annotations,
                         view.resource_version))
-                    written = self._secret_version(spec)
+                    # The record of issuance is carried over from the Secret as read, which its tenant can edit; it
+                    # was checked against the certificate only when that is the CA's own (plan.decide). A lost
+                    # root's leaf is not recorded as written: a restart reads it (plan.standing).
+                    written = version if ours else ""
         except ApiError as e:
             if isinstance(e, (Conflict, NotFound)) or e.status not in UNWRITABLE_STATUSES:
                 raise
@@ -1006,7 +1044,7 @@ class Reconciler:
         annotations = tlssecret.record(spec, cert, ca.fingerprint, revision, renew_request,
                                        f"{self.settings.ca_namespace}/{self.settings.ca_secret_name}")
         self._spare_keys[ikey] = key_obj  # until the write lands: a refused write's retry reuses it
-        await self._write(spec, body, view, tlssecret.build(
+        version = await self._write(spec, body, view, tlssecret.build(
             spec, body["metadata"]["uid"], cert, key_obj, ca.chain_pem(), ca.bundle_pem, annotations,
             view.resource_version if view.owned else ""))
         self._spare_keys.pop(ikey, None)
@@ -1023,15 +1061,11 @@ class Reconciler:
             # Cut short by the CA: reissuing from it cannot help; a new CA triggers the next issuance, and failing
             # that, the look at expiry reports it.
             renewal = cert.not_valid_after_utc
-        return cert, renewal, revision
-
-    def _secret_version(self, spec: IdentitySpec) -> str:
-        """The resourceVersion of the Secret as just written (its write's answer is cached)."""
-        return ((self.secrets.get((spec.namespace, spec.secret_name)) or {}).get("metadata") or {}).get(
-            "resourceVersion", "")
+        return cert, renewal, revision, version
 
     async def _write(self, spec: IdentitySpec, body: dict[str, Any], view: tlssecret.SecretView,
-                     secret: dict[str, Any]) -> None:
+                     secret: dict[str, Any]) -> str:
+        """Creates or replaces the Secret; returns the resourceVersion it was written at (for the status)."""
         skey = (spec.namespace, spec.secret_name)
         self._writing[skey] = None
         try:
@@ -1041,6 +1075,7 @@ class Reconciler:
                 written = await self.kube.create_secret(secret)
             self.unread.pop(skey, None)
             self.secrets.put(skey, written)
+            return written["metadata"].get("resourceVersion", "")
         finally:
             seen = self._writing.pop(skey, None)
             if seen is not None:  # now it can be told apart: our echo (nothing to do), or someone else's change

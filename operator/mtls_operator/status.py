@@ -42,13 +42,17 @@ def _condition(previous: Mapping[str, Any], ready: bool, reason: str, message: s
     }]
 
 
+def ready_message(serial_hex: str, not_after: str) -> str:
+    return f"certificate {serial_hex[:16]}… valid until {not_after}"
+
+
 def healthy(previous: Mapping[str, Any], secret_name: str, spiffe_id: str, cert: x509.Certificate,
             renewal: dt.datetime | None, revision: int, issuer_fingerprint: str, generation: int,
             now: dt.datetime, secret_version: str = "") -> dict[str, Any]:
     """The status of a served identity. `secret_version` is the Secret's resourceVersion when this reconcile wrote
     it; empty, the status keeps the version it had (plan.standing: a version recorded is one the operator wrote)."""
     not_after = cert.not_valid_after_utc
-    message = f"certificate {pki.serial_hex(cert)[:16]}… valid until {timestamp(not_after)}"
+    revision_reason = Ready.RENEWED if revision > 1 else Ready.ISSUED
     out = {
         "observedGeneration": generation,
         "secretName": secret_name,
@@ -59,8 +63,8 @@ def healthy(previous: Mapping[str, Any], secret_name: str, spiffe_id: str, cert:
         "renewalTime": timestamp(renewal) if renewal else None,
         "revision": revision,
         "issuerFingerprint": issuer_fingerprint,
-        "conditions": _condition(previous, True, Ready.RENEWED if revision > 1 else Ready.ISSUED, message,
-                                 generation, now),
+        "conditions": _condition(previous, True, revision_reason,
+                                 ready_message(pki.serial_hex(cert), timestamp(not_after)), generation, now),
     }
     if secret_version:
         out["secretResourceVersion"] = secret_version

@@ -1,8 +1,9 @@
 """The identity Secret's format, both ways: the body the operator writes, and what it reads back out of one.
 
 A `kubernetes.io/tls` Secret (tls.crt = leaf then intermediates, tls.key = PKCS#8, ca.crt = trust bundle) so ingress
-controllers and cert-manager consumers understand it. The Secret is the operator's only record of what it issued:
-annotations carry revision, spec hash and issuer, so a restarted operator re-derives everything from it.
+controllers and cert-manager consumers understand it. The Secret is the operator's record of what it issued:
+annotations carry revision, spec hash and issuer, so a restarted operator re-derives everything from it (the
+identity's status only records which version of the Secret the operator wrote last: plan.standing).
 """
 
 from __future__ import annotations

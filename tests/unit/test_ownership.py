@@ -297,3 +297,109 @@ def test_start_up_parses_each_proven_secret_as_it_is_read(settings, monkeypatch)
         assert parsed == [UID]  # found parsed: the same resourceVersion
 
     asyncio.run(run())
+
+
+def _recorded(name: str, version: str = "5", annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """An identity whose status records its Secret at `version` (the operator wrote it there)."""
+    body = identity(name)
+    body["metadata"]["annotations"] = annotations or {}
+    body["status"] = {"secretResourceVersion": version}
+    return body
+
+
+def test_a_secret_at_the_version_its_status_records_is_known_by_metadata_until_it_changes(settings) -> None:
+    own = secret("api-mtls", "api", data={"tls.crt": "Y3J0"})
+    changed = secret("api-mtls", "api", data={"tls.crt": "b3RoZXI="}, rv="6")
+
+    async def run() -> None:
+        kube = FakeKube({("shop", "api-mtls"): own})
+        r = Reconciler(settings, kube)  # type: ignore[arg-type]
+        triggered: list = []
+        r.trigger = lambda key, urgent=False: triggered.append(key)  # type: ignore[method-assign]
+        r.identities.put(("shop", "api"), _recorded("api"))
+        r.identities.put(("shop", "web"), identity("web"))  # written before the status recorded versions
+
+        async def pages() -> AsyncIterator[list[tuple[tuple[str, str], str]]]:
+            yield r.proven_secrets([metadata_only(own), metadata_only(secret("web-mtls", "web"))])
+
+        await r.prefill_secrets(pages())
+        assert kube.reads == [("shop", "web-mtls")]  # only the one no status vouches for
+        assert list(r.unread) == [("shop", "api-mtls")] and r.as_written(r.unread[("shop", "api-mtls")])
+        assert ("shop", "api-mtls") not in list(r.secrets)
+
+        r.secret_event("ADDED", metadata_only(own))  # a relist or a late event at the same version: nothing new
+        await drain(r)
+        assert kube.reads == [("shop", "web-mtls")] and triggered == []
+
+        # Changed: known by its newer metadata (never as written) until the read lands, then cached in full.
+        kube.secrets[("shop", "api-mtls")] = changed
+        r.secret_event("MODIFIED", metadata_only(changed))
+        assert not r.as_written(r.unread[("shop", "api-mtls")])
+        await drain(r)
+        assert kube.reads[-1] == ("shop", "api-mtls") and kube.versions[-1] == "6"
+        assert not r.unread and r.secrets.get(("shop", "api-mtls"))["data"]["tls.crt"] == "b3RoZXI="
+        assert triggered == [("shop", "api")]
+
+    asyncio.run(run())
+
+
+def test_a_known_secret_is_forgotten_only_by_its_own_deletion(settings) -> None:
+    own = secret("api-mtls", "api")
+
+    async def run() -> None:
+        r = Reconciler(settings, FakeKube())  # type: ignore[arg-type]
+        triggered: list = []
+        r.trigger = lambda key, urgent=False: triggered.append(key)  # type: ignore[method-assign]
+        r.identities.put(("shop", "api"), _recorded("api"))
+        r.proven_secrets([metadata_only(own)])
+        earlier = metadata_only(own)
+        earlier["metadata"] = {**earlier["metadata"], "uid": "s-an-older-namesake"}
+        r.secret_event("DELETED", earlier)  # a late deletion of a namesake before it
+        assert list(r.unread) == [("shop", "api-mtls")] and triggered == []
+        r.secret_event("DELETED", metadata_only(own))
+        assert not r.unread and triggered == [("shop", "api")]
+
+    asyncio.run(run())
+
+
+def test_a_failed_read_keeps_what_the_metadata_showed_and_the_reconcile_signs_nothing(settings, root) -> None:
+    """A Secret known by metadata whose identity asks for more (here a renew request) is read before deciding: when
+    that read fails, the reconcile fails (and is retried with backoff) rather than take the Secret for missing."""
+    own = secret("api-mtls", "api")
+
+    async def run() -> None:
+        kube = FailingKube(aiohttp.ClientConnectionError("reset"))
+        r = Reconciler(settings, kube)  # type: ignore[arg-type]
+        r.trigger = lambda key, urgent=False: None  # type: ignore[method-assign]
+        r.ca = root
+        r.service_accounts.add(("shop", "api"))
+        body = _recorded("api", annotations={tlssecret.ANN_RENEW_REQUEST: "now"})
+        r.identities.put(("shop", "api"), body)
+        r.proven_secrets([metadata_only(own)])
+        await r._fetch_secret(("shop", "api-mtls"), ("shop", "api"), "5")  # a watch-driven read, lost
+        assert list(r.unread) == [("shop", "api-mtls")]
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await r._reconcile(("shop", "api"), r.identities.get(("shop", "api")))
+        assert list(r.unread) == [("shop", "api-mtls")] and len(r.secrets) == 0
+        assert kube.reads == [("shop", "api-mtls")] * 2
+
+    asyncio.run(run())
+
+
+def test_the_rotation_counts_secrets_known_by_metadata_by_their_digests(settings, root) -> None:
+    """Not read since start-up, they still hold a rotation until their digests show the CA's bundle and issuer; one
+    changed since it was written counts as behind on both until it is read."""
+    r = Reconciler(settings, FakeKube())  # type: ignore[arg-type]
+    current = {tlssecret.ANN_BUNDLE: root.bundle_digest, tlssecret.ANN_ISSUER: root.fingerprint}
+    for name, written in (("fresh", current), ("stale", {**current, tlssecret.ANN_BUNDLE: "0" * 32}),
+                          ("old", {**current, tlssecret.ANN_ISSUER: "f" * 64})):
+        r.identities.put(("shop", name), _recorded(name))
+        body = secret(f"{name}-mtls", name)
+        body["metadata"]["annotations"] = written
+        r.proven_secrets([metadata_only(body)])
+    assert r.rotator._count(root) == (["shop/stale-mtls"], ["shop/old-mtls"], 0)
+    moved = secret("fresh-mtls", "fresh", rv="6")
+    moved["metadata"]["annotations"] = current  # edited: the annotations no longer vouch for the data
+    r.unread[("shop", "fresh-mtls")] = metadata_only(moved)
+    stale, old, _ = r.rotator._count(root)
+    assert "shop/fresh-mtls" in stale and "shop/fresh-mtls" in old
