@@ -456,9 +456,10 @@ def run_large(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, 
 def run_wave(n: int, namespaces: int, workdir: Path, operator_args: tuple[str, ...] = ()) -> dict:
     """A renewal wave (issue 12): n identities whose renewals all fall due together, as after an outage of the
     operator. They are issued with a 40-minute lifetime renewed 33 minutes before its end (due 3.7-7 minutes after
-    issuance, the jitter included: a slow machine's backlog and its Events end before the first falls due); the operator is stopped once all are Ready and started again when every renewal
-    is due. Measured: the time until every identity shows a new serial, 429 answers to its writes (audit log), and a
-    newcomer's create -> Ready in another namespace every 2 s during the wave, against the same idle."""
+    issuance, the jitter included: a slow machine's backlog and its Events end before the first falls due); the
+    operator is stopped once all are Ready and started again when every renewal is due. Measured: the time until
+    every identity shows a new serial, 429 answers to its writes (audit log), and a newcomer's create -> Ready in
+    another namespace every 2 s during the wave, against the same idle."""
     result: dict = {"n": n, "namespaces": namespaces, "operator_args": " ".join(operator_args)}
     with cluster.LocalCluster(kubeconfig=workdir / "kubeconfig-wave") as local:
         spaces = [f"wave-{i:03d}" for i in range(namespaces)]
