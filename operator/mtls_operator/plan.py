@@ -208,6 +208,6 @@ def standing(spec: IdentitySpec, secret_meta: Mapping[str, Any], identity: Mappi
     except (KeyError, TypeError, ValueError):
         return None
     due = renewal_time(not_after, spec, serial)
-    if now >= due or state.get("renewalTime") != due.strftime("%Y-%m-%dT%H:%M:%SZ"):
+    if now >= due or state.get("renewalTime") != status.timestamp(due):
         return None
     return Standing(not_after, due)
