@@ -86,23 +86,31 @@ class Traffic:
         self.ok = 0
         self.failures: list[str] = []
         self.serials: set[str] = set()
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._stop = threading.Event()  # the client starts no new exchange
+        self._closing = threading.Event()  # the listener is being shut: accept() failing now is expected
+        self._server = threading.Thread(target=self._serve, daemon=True)
+        self._server.start()
         self._client = threading.Thread(target=self._call, daemon=True)
         self._client.start()
 
     def _serve(self) -> None:
-        while not self._stop.is_set():
+        # Serves until stop() shuts the listener, not until the client's stop flag: the client may have begun one last
+        # exchange just before the flag was set, and a server that quit at the flag left that handshake to time out.
+        while True:
             try:
                 conn, _ = self.tls_listener.accept()
             except OSError as e:
-                if not self._stop.is_set():
-                    self.failures.append(f"server: {e}")
+                if self._closing.is_set():
+                    return
+                self.failures.append(f"server: {e}")
                 continue
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(SLOW_MACHINE)  # a client that vanished mid-exchange must not hold the server forever
-                conn.recv(8)
-                conn.sendall((workload.peer_spiffe_id(conn) or "anonymous").encode())
+            with conn:
+                try:
+                    conn.settimeout(SLOW_MACHINE)  # a client that vanished mid-exchange must not hold the server
+                    conn.recv(8)
+                    conn.sendall((workload.peer_spiffe_id(conn) or "anonymous").encode())
+                except OSError as e:
+                    self.failures.append(f"server: exchange: {type(e).__name__}: {e}")
 
     def _call(self) -> None:
         while not self._stop.is_set():
@@ -119,7 +127,10 @@ class Traffic:
 
     def stop(self) -> None:
         self._stop.set()
-        self._client.join(SLOW_MACHINE + 10)  # its last exchange ends before the listener closes
+        self._client.join(SLOW_MACHINE + 10)  # its last exchange ends while the server still accepts
+        self._closing.set()
+        self.tls_listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close() alone would not)
+        self._server.join(SLOW_MACHINE + 10)
         self.tls_listener.close()
 
 
