@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "hack"), str(REPO / "bench")]
 
 import cluster  # noqa: E402
-from scale import create_identities, prepare, proc_usage, reconciles, until_idle  # noqa: E402
+from scale import CLK_TCK, create_identities, prepare, proc_usage, reconciles, until_idle  # noqa: E402
 from tests.kit import GROUP, PLURAL, VERSION, Api, OperatorProcess, wait_for  # noqa: E402
 
 
@@ -98,6 +98,7 @@ def main() -> None:
                     operator.stop()
                     operator.start()
                     sampler, cpu_before = record(spy, operator.proc.pid, stacks)
+                    split_before = cpu_split(operator.proc.pid)
                     start = time.monotonic()
                     wait_for("the restarted operator to look at every identity",
                              lambda: reconciles(operator) >= args.n, timeout=600, interval=1)
@@ -108,11 +109,13 @@ def main() -> None:
                     wait_for("the operator serving", lambda: "mtls_operator_ca_ready 1.0" in operator.metrics(),
                              timeout=60)
                     sampler, cpu_before = record(spy, operator.proc.pid, stacks)
+                    split_before = cpu_split(operator.proc.pid)
                     start = time.monotonic()
                     create_identities(api, args.n, where)
                     wait_for(f"{args.n} identities Ready", all_ready, timeout=600, interval=0.2)
                     what = f"{args.n} identities Ready {time.monotonic() - start:.2f} s after the first create"
                 rss, cpu = proc_usage(operator.proc.pid)
+                user, system = cpu_split(operator.proc.pid)
                 sampler.send_signal(signal.SIGINT)
                 sampler.wait(timeout=60)
             finally:
@@ -120,7 +123,16 @@ def main() -> None:
             per = 1000 * (cpu - cpu_before) / args.n
             print(f"{what}; operator CPU {cpu - cpu_before:.2f} s ({per:.2f} ms per identity; "
                   f"{cpu_before:.2f} s before sampling began, apart), peak RSS {rss:.0f} MiB")
+            print(f"of which user {user - split_before[0]:.2f} s, system (the kernel: sockets, wake-ups) "
+                  f"{system - split_before[1]:.2f} s; py-spy samples only the Python part of user time")
             print(summarize(stacks, args.top))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process: system time is the kernel's work for it (sockets, epoll, pipes), which
+    no Python profile shows."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def record(spy: str, pid: int, stacks: Path) -> tuple[subprocess.Popen, float]:
