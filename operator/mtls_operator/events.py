@@ -104,9 +104,11 @@ class EventQueue(FairQueue):
 
 class EventSink:
     """Posts Events from the queue with at most SENDERS in flight, each at the API connection's low priority. Senders
-    are started on demand (`spawn`, so shutdown cancels them) and end when the queue is empty."""
+    are started on demand (`spawn`, so shutdown cancels them) and end when the queue is empty. `send` says whether the
+    Event was posted: one that was not is counted as dropped (failed), not retried — the API server that refused it
+    is, as a rule, busy or missing the namespace, and a retry would take a slot from the writes."""
 
-    def __init__(self, send: Callable[[Pending], Coroutine[Any, Any, None]],
+    def __init__(self, send: Callable[[Pending], Coroutine[Any, Any, bool]],
                  spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task], clock: Callable[[], dt.datetime],
                  limit: int = QUEUE_LIMIT, senders: int = SENDERS) -> None:
         self._send, self._spawn, self._clock = send, spawn, clock
@@ -131,17 +133,19 @@ class EventSink:
     def close(self) -> None:
         """No more Events from this process; what waits is dropped (counted, not warned about: it is a shutdown)."""
         self._closed = True
-        metrics.events_dropped.inc(self.queue.clear())
+        metrics.events_dropped.labels("stopped").inc(self.queue.clear())
 
     def _sender_done(self, _task: asyncio.Task) -> None:
         self._senders -= 1
 
     async def _drain(self) -> None:
         while (event := self.queue.pop()) is not None:
-            await self._send(event)  # never raises but for cancellation (kube.post_event logs its failures)
+            # Never raises but for cancellation (kube.post_event logs its failures).
+            if not await self._send(event):
+                metrics.events_dropped.labels("failed").inc()
 
     def _dropped(self, n: int) -> None:
-        metrics.events_dropped.inc(n)
+        metrics.events_dropped.labels("full").inc(n)
         self._dropped_unreported += n
         now = time.monotonic()
         if now - self._last_warning >= WARN_INTERVAL:

@@ -344,9 +344,9 @@ class Kube:
 
     # ---- Events ----
 
-    async def post_event(self, event: Pending) -> None:
+    async def post_event(self, event: Pending) -> bool:
         """A core/v1 Event (what `kubectl describe` shows), at the lowest priority (events.py). Best effort: a lost
-        Event must not fail a reconcile."""
+        Event must not fail a reconcile, so a failure is logged and reported as False (events.py counts it)."""
         when = event.when()
         body = {
             "apiVersion": "v1", "kind": "Event",
@@ -360,6 +360,8 @@ class Kube:
             await self._call("POST", f"/api/v1/namespaces/{quote(event.namespace)}/events", body, low=True)
         except Exception as e:  # network errors too: an Event is never worth a failed reconcile
             log.warning("could not post event %s for %s/%s: %s", event.reason, event.namespace, event.name, e)
+            return False
+        return True
 
     # ---- reviews for the secure /metrics endpoint (metricsserver.py) ----
 

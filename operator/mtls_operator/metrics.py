@@ -87,6 +87,9 @@ identities = IdentityGauges()
 REGISTRY.register(identities)
 events_dropped = Counter(
     "mtls_operator_events_dropped_total",
-    "Events never posted: the queue was full (the namespace with the most waiting lost its oldest) or the process "
-    "stopped with them waiting")
+    "Events never posted, by cause: full (the queue was full: the namespace with the most waiting lost its oldest), "
+    "stopped (the process stopped, or lost the lease, with them waiting), failed (the API server refused the Event or "
+    "could not be reached)", ["cause"])
+for _cause in ("full", "stopped", "failed"):
+    events_dropped.labels(_cause)  # each series exists from the start, at 0: a rate over it is 0, not "no data"
 events_waiting = Gauge("mtls_operator_events_waiting", "Events queued behind the operator's other API calls")

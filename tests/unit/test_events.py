@@ -88,7 +88,7 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
         in_flight = 0
         most = 0
 
-        async def send(e: Pending) -> None:
+        async def send(e: Pending) -> bool:
             nonlocal in_flight, most
             taken.append(e.name)
             in_flight += 1
@@ -96,6 +96,7 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
             await gate.wait()
             sent.append(e.name)
             in_flight -= 1
+            return True
 
         def spawn(coroutine: Any) -> asyncio.Task:
             task = asyncio.get_running_loop().create_task(coroutine)
@@ -116,7 +117,7 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
 
         gate.clear()
         tasks.clear()
-        before = metrics.events_dropped._value.get()
+        before = metrics.events_dropped.labels("stopped")._value.get()
         for i in range(4):
             sink.post({"metadata": {"namespace": "a", "name": f"late{i}"}}, "MtlsIdentity", "Normal", "Issued", "")
         await asyncio.sleep(0)  # let the senders take their first Event each
@@ -126,7 +127,38 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
         gate.set()
         await asyncio.gather(*tasks)
         assert sorted(sent[6:]) == ["late0", "late1"]  # the two in flight finish; the two waiting are dropped
-        assert metrics.events_dropped._value.get() - before == 2
+        assert metrics.events_dropped.labels("stopped")._value.get() - before == 2
+
+    asyncio.run(run())
+
+
+def test_every_event_not_posted_is_counted_by_its_cause() -> None:
+    """A refused POST (the namespace is gone, the API server is down) loses the Event as surely as a full queue: the
+    dropped counter must say so, or it reads zero while `kubectl describe` shows nothing."""
+    async def run() -> None:
+        refused = {"a1", "b0"}
+        sent: list[str] = []
+        tasks: set[asyncio.Task] = set()
+
+        async def send(e: Pending) -> bool:
+            if e.name in refused:
+                return False
+            sent.append(e.name)
+            return True
+
+        def spawn(coroutine: Any) -> asyncio.Task:
+            task = asyncio.get_running_loop().create_task(coroutine)
+            tasks.add(task)
+            return task
+
+        counts = {cause: metrics.events_dropped.labels(cause)._value.get() for cause in ("full", "failed")}
+        sink = EventSink(send, spawn, lambda: NOW, limit=3, senders=1)
+        for ns, name in (("a", "a0"), ("a", "a1"), ("a", "a2"), ("b", "b0")):  # the fourth pushes a0 out
+            sink.post({"metadata": {"namespace": ns, "name": name}}, "MtlsIdentity", "Normal", "Issued", "")
+        await asyncio.gather(*tasks)
+        assert sent == ["a2"]
+        assert metrics.events_dropped.labels("full")._value.get() - counts["full"] == 1
+        assert metrics.events_dropped.labels("failed")._value.get() - counts["failed"] == 2
 
     asyncio.run(run())
 

@@ -1,0 +1,70 @@
+"""Events are best effort, but never lost unseen: one the API server refuses is counted in
+mtls_operator_events_dropped_total{cause="failed"}, and the identity it was about is served all the same."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.kit import Api, OperatorProcess, wait_for
+
+
+def _dropped(operator: OperatorProcess, cause: str) -> float:
+    scrape = operator.metrics("mtls_operator_events_dropped_total")
+    found = re.search(rf'^mtls_operator_events_dropped_total{{cause="{cause}"}} (\S+)$', scrape, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _refuse_issued_events(api: Api, ns: str) -> str:
+    """A ValidatingAdmissionPolicy that refuses the Events reporting an issuance in one namespace."""
+    import kubernetes
+
+    admission = kubernetes.client.AdmissionregistrationV1Api(api.client)
+    name = f"no-issued-events-{ns}"
+    admission.create_validating_admission_policy({
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                         "operations": ["CREATE"], "resources": ["events"]}]},
+                 "validations": [{"expression": "object.reason != 'Issued'",
+                                  "message": "issuance Events are refused here"}]}})
+    admission.create_validating_admission_policy_binding({
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}})
+    return name
+
+
+def _issued_event_refused(api: Api, ns: str) -> bool:
+    import kubernetes
+
+    try:
+        api.core.create_namespaced_event(ns, {
+            "metadata": {"generateName": "probe."}, "reason": "Issued", "type": "Normal", "message": "probe",
+            "involvedObject": {"kind": "ConfigMap", "name": "probe", "namespace": ns}})
+    except kubernetes.client.exceptions.ApiException as e:
+        return e.status == 422 and "refused here" in (e.body or "")
+    return False
+
+
+@pytest.mark.local_operator
+@pytest.mark.timeout(120)
+def test_a_refused_event_is_counted_as_dropped_and_the_identity_is_served(api: Api, operator: OperatorProcess,
+                                                                          ns: str) -> None:
+    import kubernetes
+
+    policy = _refuse_issued_events(api, ns)
+    try:
+        # A policy is enforced a moment after it is created: probe until it bites.
+        wait_for("the admission policy to be enforced", lambda: _issued_event_refused(api, ns), timeout=30,
+                 interval=0.5)
+        before = _dropped(operator, "failed")
+        api.create_identity(ns, "quiet")
+        api.wait_ready(ns, "quiet")
+        wait_for("the refused Event counted", lambda: _dropped(operator, "failed") >= before + 1)
+        assert not [e for e in api.events(ns, "quiet") if e.reason == "Issued"]
+    finally:
+        admission = kubernetes.client.AdmissionregistrationV1Api(api.client)
+        admission.delete_validating_admission_policy_binding(policy)
+        admission.delete_validating_admission_policy(policy)
