@@ -153,6 +153,29 @@ class Api:
         items = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
         return list(items)
 
+    def deny(self, name: str, namespace: str, operation: str, resource: str, expression: str, message: str) -> str:
+        """A ValidatingAdmissionPolicy (and its binding, both `name`) refusing, in one namespace, each `operation` on
+        a core `resource` whose CEL `expression` is false — what a cluster's guard-rail might do. Enforced a moment
+        after it is created: probe before relying on it. Returns the name for lift()."""
+        admission = kubernetes.client.AdmissionregistrationV1Api(self.client)
+        admission.create_validating_admission_policy({
+            "metadata": {"name": name},
+            "spec": {"failurePolicy": "Fail",
+                     "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                             "operations": [operation], "resources": [resource]}]},
+                     "validations": [{"expression": expression, "message": message}]}})
+        admission.create_validating_admission_policy_binding({
+            "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"],
+                     "matchResources": {"namespaceSelector": {
+                         "matchLabels": {"kubernetes.io/metadata.name": namespace}}}}})
+        return name
+
+    def lift(self, name: str) -> None:
+        admission = kubernetes.client.AdmissionregistrationV1Api(self.client)
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)
+
 
 def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
     return next((c for c in obj.get("status", {}).get("conditions") or [] if c.get("type") == "Ready"), {})

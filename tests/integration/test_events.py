@@ -16,26 +16,6 @@ def _dropped(operator: OperatorProcess, cause: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def _refuse_issued_events(api: Api, ns: str) -> str:
-    """A ValidatingAdmissionPolicy that refuses the Events reporting an issuance in one namespace."""
-    import kubernetes
-
-    admission = kubernetes.client.AdmissionregistrationV1Api(api.client)
-    name = f"no-issued-events-{ns}"
-    admission.create_validating_admission_policy({
-        "metadata": {"name": name},
-        "spec": {"failurePolicy": "Fail",
-                 "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
-                                                         "operations": ["CREATE"], "resources": ["events"]}]},
-                 "validations": [{"expression": "object.reason != 'Issued'",
-                                  "message": "issuance Events are refused here"}]}})
-    admission.create_validating_admission_policy_binding({
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}})
-    return name
-
-
 def _issued_event_refused(api: Api, ns: str) -> bool:
     import kubernetes
 
@@ -52,9 +32,8 @@ def _issued_event_refused(api: Api, ns: str) -> bool:
 @pytest.mark.timeout(120)
 def test_a_refused_event_is_counted_as_dropped_and_the_identity_is_served(api: Api, operator: OperatorProcess,
                                                                           ns: str) -> None:
-    import kubernetes
-
-    policy = _refuse_issued_events(api, ns)
+    policy = api.deny(f"no-issued-events-{ns}", ns, "CREATE", "events", "object.reason != 'Issued'",
+                      "issuance Events are refused here")
     try:
         # A policy is enforced a moment after it is created: probe until it bites.
         wait_for("the admission policy to be enforced", lambda: _issued_event_refused(api, ns), timeout=30,
@@ -65,6 +44,4 @@ def test_a_refused_event_is_counted_as_dropped_and_the_identity_is_served(api: A
         wait_for("the refused Event counted", lambda: _dropped(operator, "failed") >= before + 1)
         assert not [e for e in api.events(ns, "quiet") if e.reason == "Issued"]
     finally:
-        admission = kubernetes.client.AdmissionregistrationV1Api(api.client)
-        admission.delete_validating_admission_policy_binding(policy)
-        admission.delete_validating_admission_policy(policy)
+        api.lift(policy)

@@ -54,23 +54,9 @@ def test_immutable_secret_is_reported_not_retried_hot_and_heals_when_deleted(api
 
 
 def _refuse_updates(api: Api, ns: str, secret: str) -> str:
-    """A ValidatingAdmissionPolicy that refuses every update of one Secret (what a cluster's guard-rail might do)."""
-    import kubernetes
-
-    admission = kubernetes.client.AdmissionregistrationV1Api(api.client)
-    name = f"freeze-{ns}"
-    admission.create_validating_admission_policy({
-        "metadata": {"name": name},
-        "spec": {"failurePolicy": "Fail",
-                 "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
-                                                         "operations": ["UPDATE"], "resources": ["secrets"]}]},
-                 "validations": [{"expression": f"!(object.metadata.name in ['{secret}', 'probe'])",
-                                  "message": "this Secret is frozen by policy"}]}})
-    admission.create_validating_admission_policy_binding({
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}})
-    return name
+    """Every update of one Secret refused by admission."""
+    return api.deny(f"freeze-{ns}", ns, "UPDATE", "secrets", f"!(object.metadata.name in ['{secret}', 'probe'])",
+                    "this Secret is frozen by policy")
 
 
 def _update_refused(api: Api, ns: str, name: str) -> bool:
@@ -82,14 +68,6 @@ def _update_refused(api: Api, ns: str, name: str) -> bool:
     except kubernetes.client.exceptions.ApiException as e:
         return e.status == 422 and "frozen by policy" in (e.body or "")
     return False
-
-
-def _lift(api: Api, name: str) -> None:
-    import kubernetes
-
-    admission = kubernetes.client.AdmissionregistrationV1Api(api.client)
-    admission.delete_validating_admission_policy_binding(name)
-    admission.delete_validating_admission_policy(name)
 
 
 @pytest.mark.local_operator
@@ -134,7 +112,7 @@ def test_write_refused_by_admission_backs_off_and_does_not_hold_a_root_rotation(
                 attempts = _refused_updates(control_plane, ns, "guarded-mtls")
                 assert 1 <= len(attempts) <= 10, len(attempts)
         finally:
-            _lift(api, policy)
+            api.lift(policy)
         # The policy is not watched: the next backoff retry (at most 5 minutes) heals it, or, at once, a renew request.
         wait_for("the policy to be lifted", lambda: not _update_refused(api, ns, "probe"), timeout=30, interval=0.5)
         api.patch_identity(ns, "guarded", {"metadata": {"annotations": {
