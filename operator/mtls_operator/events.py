@@ -104,11 +104,12 @@ class EventQueue(FairQueue):
 
 class EventSink:
     """Posts Events from the queue with at most SENDERS in flight, each at the API connection's low priority. Senders
-    are started on demand (`spawn`, so shutdown cancels them) and end when the queue is empty. `send` says whether the
-    Event was posted: one that was not is counted as dropped (failed), not retried — the API server that refused it
-    is, as a rule, busy or missing the namespace, and a retry would take a slot from the writes."""
+    are started on demand (`spawn`, so shutdown cancels them) and end when the queue is empty. `send` returns None once
+    the Event is posted, else the cause it is counted as dropped for ("failed", "stopped": kube.post_event). It is not
+    retried: the API server that refused it is, as a rule, busy or missing the namespace, and a retry would take a slot
+    from the writes."""
 
-    def __init__(self, send: Callable[[Pending], Coroutine[Any, Any, bool]],
+    def __init__(self, send: Callable[[Pending], Coroutine[Any, Any, str | None]],
                  spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task], clock: Callable[[], dt.datetime],
                  limit: int = QUEUE_LIMIT, senders: int = SENDERS) -> None:
         self._send, self._spawn, self._clock = send, spawn, clock
@@ -141,8 +142,8 @@ class EventSink:
     async def _drain(self) -> None:
         while (event := self.queue.pop()) is not None:
             # Never raises but for cancellation (kube.post_event logs its failures).
-            if not await self._send(event):
-                metrics.events_dropped.labels("failed").inc()
+            if (cause := await self._send(event)) is not None:
+                metrics.events_dropped.labels(cause).inc()
 
     def _dropped(self, n: int) -> None:
         metrics.events_dropped.labels("full").inc(n)

@@ -344,9 +344,10 @@ class Kube:
 
     # ---- Events ----
 
-    async def post_event(self, event: Pending) -> bool:
+    async def post_event(self, event: Pending) -> str | None:
         """A core/v1 Event (what `kubectl describe` shows), at the lowest priority (events.py). Best effort: a lost
-        Event must not fail a reconcile, so a failure is logged and reported as False (events.py counts it)."""
+        Event must not fail a reconcile. Returns None once posted, else why not, for events.py to count: "stopped"
+        (fenced: this replica is losing the lease, which is logged where it is noticed) or "failed" (logged here)."""
         when = event.when()
         body = {
             "apiVersion": "v1", "kind": "Event",
@@ -358,10 +359,12 @@ class Kube:
         }
         try:
             await self._call("POST", f"/api/v1/namespaces/{quote(event.namespace)}/events", body, low=True)
+        except Fenced:
+            return "stopped"
         except Exception as e:  # network errors too: an Event is never worth a failed reconcile
             log.warning("could not post event %s for %s/%s: %s", event.reason, event.namespace, event.name, e)
-            return False
-        return True
+            return "failed"
+        return None
 
     # ---- reviews for the secure /metrics endpoint (metricsserver.py) ----
 

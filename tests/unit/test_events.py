@@ -88,7 +88,7 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
         in_flight = 0
         most = 0
 
-        async def send(e: Pending) -> bool:
+        async def send(e: Pending) -> str | None:
             nonlocal in_flight, most
             taken.append(e.name)
             in_flight += 1
@@ -96,7 +96,7 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
             await gate.wait()
             sent.append(e.name)
             in_flight -= 1
-            return True
+            return None
 
         def spawn(coroutine: Any) -> asyncio.Task:
             task = asyncio.get_running_loop().create_task(coroutine)
@@ -134,31 +134,35 @@ def test_the_sink_sends_everything_with_a_bounded_number_of_senders_and_drops_wh
 
 def test_every_event_not_posted_is_counted_by_its_cause() -> None:
     """A refused POST (the namespace is gone, the API server is down) loses the Event as surely as a full queue: the
-    dropped counter must say so, or it reads zero while `kubectl describe` shows nothing."""
+    dropped counter must say so, or it reads zero while `kubectl describe` shows nothing. One the write fence held
+    back (the lease is being lost) counts as stopped, as the rest of the queue will at close."""
     async def run() -> None:
-        refused = {"a1", "b0"}
+        refused = {"a1": "failed", "b0": "failed", "c0": "stopped"}
         sent: list[str] = []
         tasks: set[asyncio.Task] = set()
 
-        async def send(e: Pending) -> bool:
+        async def send(e: Pending) -> str | None:
             if e.name in refused:
-                return False
+                return refused[e.name]
             sent.append(e.name)
-            return True
+            return None
 
         def spawn(coroutine: Any) -> asyncio.Task:
             task = asyncio.get_running_loop().create_task(coroutine)
             tasks.add(task)
             return task
 
-        counts = {cause: metrics.events_dropped.labels(cause)._value.get() for cause in ("full", "failed")}
+        causes = ("full", "failed", "stopped")
+        counts = {cause: metrics.events_dropped.labels(cause)._value.get() for cause in causes}
         sink = EventSink(send, spawn, lambda: NOW, limit=3, senders=1)
         for ns, name in (("a", "a0"), ("a", "a1"), ("a", "a2"), ("b", "b0")):  # the fourth pushes a0 out
             sink.post({"metadata": {"namespace": ns, "name": name}}, "MtlsIdentity", "Normal", "Issued", "")
         await asyncio.gather(*tasks)
+        sink.post({"metadata": {"namespace": "c", "name": "c0"}}, "MtlsIdentity", "Normal", "Issued", "")
+        await asyncio.gather(*tasks)
         assert sent == ["a2"]
-        assert metrics.events_dropped.labels("full")._value.get() - counts["full"] == 1
-        assert metrics.events_dropped.labels("failed")._value.get() - counts["failed"] == 2
+        assert {cause: metrics.events_dropped.labels(cause)._value.get() - counts[cause] for cause in causes} == {
+            "full": 1, "failed": 2, "stopped": 1}
 
     asyncio.run(run())
 

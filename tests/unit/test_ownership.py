@@ -37,9 +37,9 @@ class FakeKube:
         self.versions.append(not_older_than)
         return self.secrets.get((namespace, name))
 
-    async def post_event(self, event: Any) -> bool:
+    async def post_event(self, event: Any) -> str | None:
         self.events.append((event.event_type, event.reason, event.message))
-        return True
+        return None
 
     async def patch_authority_status(self, name: str, status: Any) -> dict[str, Any]:
         return {}

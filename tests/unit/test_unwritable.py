@@ -56,8 +56,8 @@ class RefusingKube:
         self.statuses.append(patch)
         return {"metadata": {"namespace": namespace, "name": name, "uid": UID, "generation": 1}, "status": patch}
 
-    async def post_event(self, *args: Any) -> bool:
-        return True
+    async def post_event(self, *args: Any) -> str | None:
+        return None
 
 
 def test_a_refused_write_is_reported_backed_off_and_retried_with_the_same_key(identity, root) -> None:
