@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import pki, rotation, status
+from . import pki, rotation, timestamps
 from .ca import CA
 from .config import Settings
 from .kube import ApiError, Conflict, Kube, NotFound
@@ -51,12 +51,12 @@ class AuthorityStatus:
             since = previous.get(kind, {}).get("lastTransitionTime") if previous.get(kind, {}).get(
                 "status") == state else None
             return {"type": kind, "status": state, "reason": reason, "message": message[:1024],
-                    "lastTransitionTime": since or status.timestamp(now)}
+                    "lastTransitionTime": since or timestamps.text(now)}
 
         annotations = ((r.ca_secret or {}).get("metadata", {}).get("annotations") or {}) if r.ca else {}
         phase = rotation.parse_state(annotations)
         out: dict[str, Any] = {"rotationPhase": phase.phase.value or "Stable",
-                               "rotationSince": status.timestamp(phase.since) if phase.since else None}
+                               "rotationSince": timestamps.text(phase.since) if phase.since else None}
         if r.ca is None:
             reason = "CALost" if r.ca_loss is not None else "CAInvalid"
             out["conditions"] = [condition("Ready", False, reason, r.ca_error),
@@ -67,10 +67,10 @@ class AuthorityStatus:
         out.update({
             "issuer": r.ca.cert.subject.rfc4514_string(),
             "issuerFingerprint": r.ca.fingerprint,
-            "issuerNotAfter": status.timestamp(r.ca.not_after),
+            "issuerNotAfter": timestamps.text(r.ca.not_after),
             "trustAnchorCount": len(anchors),
             "trustAnchors": [{"subject": a.subject.rfc4514_string(), "fingerprint": pki.fingerprint(a),
-                              "notAfter": status.timestamp(a.not_valid_after_utc)} for a in anchors],
+                              "notAfter": timestamps.text(a.not_valid_after_utc)} for a in anchors],
             "conditions": [
                 condition("Ready", True, "CAValid", f"issuing from {r.ca.fingerprint[:16]}…"),
                 condition("Rotating", phase.phase is not rotation.Phase.STABLE, phase.phase.value or "Stable",

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from cryptography import x509
 
-from . import pki
+from . import pki, timestamps
 from .config import Settings
 
 ROOT_COMMON_NAME = "mtls-operator root CA"
@@ -152,7 +152,7 @@ def new_intermediate(root_data: Mapping[str, bytes], settings: Settings, now: dt
     root = load(root_data, now)
     algorithm, _, size = settings.ca_key.partition("-")
     key = pki.generate_key(algorithm, int(size or 0))
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = timestamps.text(now)
     cert = pki.intermediate_ca(key.public_key(), root.cert, root.key, f"{INTERMEDIATE_COMMON_NAME} {stamp}",
                                settings.trust_domain, now, settings.intermediate_lifetime)
     return {"tls.crt": pki.to_pem(cert), "tls.key": pki.key_to_pem(key), "ca.crt": root.bundle_pem}

@@ -29,7 +29,7 @@ from typing import Any
 from cryptography import x509
 
 from . import ca as ca_mod
-from . import pki, rotation, status, tlssecret
+from . import pki, rotation, timestamps, tlssecret
 from .config import Settings
 from .spec import GROUP
 
@@ -125,7 +125,7 @@ def recovery_data(evidence: Evidence, settings: Settings, now: dt.datetime) -> t
     if not evidence.anchors:
         return data, {}
     data["ca.crt"] = pki.to_pem(*evidence.anchors) + data["tls.crt"]
-    annotations = {rotation.ANN_PHASE: rotation.Phase.PROPAGATING.value, rotation.ANN_SINCE: status.timestamp(now),
+    annotations = {rotation.ANN_PHASE: rotation.Phase.PROPAGATING.value, rotation.ANN_SINCE: timestamps.text(now),
                    ANN_RECOVERY: ",".join(pki.fingerprint(a) for a in evidence.anchors)}
     return data, annotations
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from . import pki, tlssecret
+from . import pki, timestamps, tlssecret
 from .kube import CERTIFICATES, ApiError, Conflict, Kube
 from .spec import GROUP
 
@@ -75,7 +75,7 @@ def desired(signer: str, bundle_pem: bytes, marks: dict[str, dt.datetime]) -> di
     return {
         "apiVersion": "certificates.k8s.io/v1", "kind": "ClusterTrustBundle",
         "metadata": {"name": name_for(signer), "labels": {tlssecret.MANAGED_BY: tlssecret.MANAGED_BY_VALUE},
-                     "annotations": {SIGNED_UNTIL + fp: until.strftime("%Y-%m-%dT%H:%M:%SZ")
+                     "annotations": {SIGNED_UNTIL + fp: timestamps.text(until)
                                      for fp, until in sorted(marks.items())}},
         "spec": {"signerName": signer, "trustBundle": anchors(bundle_pem)},
     }

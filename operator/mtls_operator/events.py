@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, NamedTuple
 
-from . import metrics
+from . import metrics, timestamps
 from .fairness import FairQueue
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Pending(NamedTuple):
 
     def when(self) -> str:
         """RFC 3339, seconds."""
-        return dt.datetime.fromtimestamp(self.at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return timestamps.text(dt.datetime.fromtimestamp(self.at, dt.UTC))
 
 
 def pending(involved: Mapping[str, Any], kind: str, event_type: str, reason: str, message: str,

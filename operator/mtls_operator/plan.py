@@ -17,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from . import pki, status, tlssecret
+from . import pki, status, timestamps, tlssecret
 from .ca import CA
 from .spec import IdentitySpec
 
@@ -202,12 +202,11 @@ def standing(spec: IdentitySpec, secret_meta: Mapping[str, Any], identity: Mappi
     if any(labels.get(k) != v for k, v in tlssecret.desired_labels(spec).items()):
         return None
     try:
-        not_after = dt.datetime.strptime(annotations[tlssecret.ANN_NOT_AFTER], "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=dt.UTC)
+        not_after = timestamps.parse(annotations[tlssecret.ANN_NOT_AFTER])
         serial = int(annotations[tlssecret.ANN_SERIAL], 16)
     except (KeyError, TypeError, ValueError):
         return None
     due = renewal_time(not_after, spec, serial)
-    if now >= due or state.get("renewalTime") != status.timestamp(due):
+    if now >= due or state.get("renewalTime") != timestamps.text(due):
         return None
     return Standing(not_after, due)

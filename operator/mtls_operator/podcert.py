@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from . import pki, policy
+from . import pki, policy, timestamps
 from .spec import DNS_NAME, GROUP, spiffe_id
 
 DEFAULT_SIGNER = f"{GROUP}/spiffe"
@@ -183,13 +183,9 @@ def begin_refresh_at(not_before: dt.datetime, not_after: dt.datetime, uid: str, 
     return at.replace(microsecond=0)
 
 
-def _time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _condition(kind: str, reason: str, message: str, now: dt.datetime) -> dict[str, Any]:
     return {"type": kind, "status": "True", "reason": reason, "message": message[:4096],
-            "lastTransitionTime": _time(now)}
+            "lastTransitionTime": timestamps.text(now)}
 
 
 def issued_status(cert: x509.Certificate, chain_pem: bytes, uid: str, now: dt.datetime,
@@ -198,8 +194,8 @@ def issued_status(cert: x509.Certificate, chain_pem: bytes, uid: str, now: dt.da
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     return {
         "certificateChain": (pki.to_pem(cert) + chain_pem).decode(),
-        "notBefore": _time(not_before), "notAfter": _time(not_after),
-        "beginRefreshAt": _time(begin_refresh_at(not_before, not_after, uid, refresh)),
+        "notBefore": timestamps.text(not_before), "notAfter": timestamps.text(not_after),
+        "beginRefreshAt": timestamps.text(begin_refresh_at(not_before, not_after, uid, refresh)),
         "conditions": [_condition("Issued", "Issued", f"serial {pki.serial_hex(cert)} for "
                                   f"{', '.join(pki.spiffe_ids(cert))}", now)],
     }
@@ -208,8 +204,8 @@ def issued_status(cert: x509.Certificate, chain_pem: bytes, uid: str, now: dt.da
 def lifetime_problem(cert: x509.Certificate) -> str | None:
     """The issuing CA cut the leaf below the API's one-hour minimum (it expires within the hour): not signable now."""
     if cert.not_valid_after_utc - cert.not_valid_before_utc < MIN_LIFETIME:
-        return (f"the issuing CA expires at {_time(cert.not_valid_after_utc)}, too soon for the one-hour minimum "
-                f"lifetime of a pod certificate")
+        return (f"the issuing CA expires at {timestamps.text(cert.not_valid_after_utc)}, too soon for the one-hour "
+                f"minimum lifetime of a pod certificate")
     return None
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from . import ca as ca_mod
-from . import caloss, metrics, ownership, pki, plan, policy, rotation, status, tlssecret
+from . import caloss, metrics, ownership, pki, plan, policy, rotation, status, timestamps, tlssecret
 from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .clustertrustbundle import ClusterTrustBundlePublisher
@@ -922,7 +922,7 @@ class Reconciler:
         if deferred is not None and decision.action is not plan.Action.ISSUE:
             ready = desired["conditions"][0]
             ready["message"] = (f"{ready['message']}; a renewal request ({tlssecret.ANN_RENEW_REQUEST}) is deferred by "
-                                f"the per-{deferred[1]} rate limit until {status.timestamp(deferred[0])}")
+                                f"the per-{deferred[1]} rate limit until {timestamps.text(deferred[0])}")
         await self._set_status(key, body, desired)
         self._gauge(key, True, cert.not_valid_after_utc.timestamp(), renewal.timestamp() if renewal else None)
         if next_look:
@@ -939,7 +939,7 @@ class Reconciler:
         delay = min(UNWRITABLE_BACKOFF * 2 ** (count - 1), MAX_BACKOFF)
         now = self.clock()
         cert = view.cert if view.owned else None
-        left = (f"the certificate in it is valid until {status.timestamp(cert.not_valid_after_utc)} and will not be "
+        left = (f"the certificate in it is valid until {timestamps.text(cert.not_valid_after_utc)} and will not be "
                 f"renewed" if cert is not None and cert.not_valid_after_utc > now else "it holds no valid certificate")
         message = (f"{why}; {left}. Recover: delete the Secret (kubectl delete secret -n {spec.namespace} "
                    f"{spec.secret_name}), and the operator recreates it at once; or lift the admission rule that "
@@ -972,7 +972,7 @@ class Reconciler:
             metrics.renew_deferred.labels(which).inc()
             self.post_event(body, KIND, "Warning", "RenewalDeferred",
                         f"renewal request {renew_request!r} exceeds the per-{which} rate limit; it will be served at "
-                        f"{status.timestamp(until)} (the current certificate stays in place)")
+                        f"{timestamps.text(until)} (the current certificate stays in place)")
         return plan.decide(spec, view, ca, now, ""), (until, which)
 
     async def _roll_workloads(self, body: dict[str, Any], spec: IdentitySpec, cert: Any,
@@ -1001,7 +1001,7 @@ class Reconciler:
                         retry = min(retry or allowed, allowed)
                         continue
                 await self.kube.annotate_pod_template(spec.namespace, kind, name, {
-                    tlssecret.ANN_ROLLED_SERIAL: serial, tlssecret.ANN_ROLLED_AT: status.timestamp(now)})
+                    tlssecret.ANN_ROLLED_SERIAL: serial, tlssecret.ANN_ROLLED_AT: timestamps.text(now)})
                 self.post_event(body, KIND, "Normal", "WorkloadRolled",
                             f"rolled {kind} {name} to pick up certificate {serial}")
             except ApiError as e:

@@ -22,6 +22,7 @@ import datetime as dt
 import enum
 from collections.abc import Mapping
 
+from . import timestamps
 from .spec import GROUP
 
 ANN_PHASE = f"{GROUP}/rotation-phase"
@@ -125,7 +126,7 @@ def describe_wait(phase: Phase, stale: list[str], old: list[str], configmaps: in
         parts.append(f"{configmaps} trust bundles (ConfigMaps, the ClusterTrustBundle) not yet updated")
     if old and phase is Phase.REISSUING:
         parts.append(f"{len(old)} Secrets with a certificate from the old root ({_names(old, shown)})")
-    when = moves_on_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = timestamps.text(moves_on_at)
     return f"root rotation phase {phase.value} waits for {'; '.join(parts)}; moves on without them at {when}"
 
 

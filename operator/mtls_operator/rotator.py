@@ -13,7 +13,7 @@ from collections.abc import Coroutine, Hashable, Iterable, Mapping
 from typing import Any, Protocol
 
 from . import ca as ca_mod
-from . import caloss, metrics, pki, rotation, status, tlssecret
+from . import caloss, metrics, pki, rotation, timestamps, tlssecret
 from .authority import AuthorityStatus
 from .bundles import TrustBundles
 from .clustertrustbundle import ClusterTrustBundlePublisher
@@ -125,7 +125,7 @@ class RootRotator:
         grace_over = since + self.timing.grace
         message = ""
         if until is not None and until > max(now, grace_over):
-            when = until.strftime("%Y-%m-%dT%H:%M:%SZ")
+            when = timestamps.text(until)
             message = (f"root rotation phase Retiring waits for pod certificates signed under the old root to expire "
                        f"({why.format(when)}); the old root stays in every bundle until {when}")
         if message != self.waiting:
@@ -402,6 +402,6 @@ class RootRotator:
             annotations.pop(rotation.ANN_SINCE, None)
         else:
             annotations[rotation.ANN_PHASE] = phase.value
-            annotations[rotation.ANN_SINCE] = status.timestamp(now)
+            annotations[rotation.ANN_SINCE] = timestamps.text(now)
         meta["annotations"] = annotations
         return {**body, "metadata": meta, "data": data}

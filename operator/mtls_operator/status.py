@@ -9,7 +9,7 @@ from typing import Any
 
 from cryptography import x509
 
-from . import pki
+from . import pki, timestamps
 
 
 class Ready:
@@ -27,10 +27,6 @@ class Ready:
     CA_LOST = "CALost"  # the CA Secret is gone while the cluster shows its root in use: nothing new is minted
 
 
-def timestamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _condition(previous: Mapping[str, Any], ready: bool, reason: str, message: str, generation: int,
                now: dt.datetime) -> list[dict[str, Any]]:
     status = "True" if ready else "False"
@@ -38,7 +34,7 @@ def _condition(previous: Mapping[str, Any], ready: bool, reason: str, message: s
     since = old.get("lastTransitionTime") if old.get("status") == status else None
     return [{
         "type": "Ready", "status": status, "reason": reason, "message": message[:1024],
-        "observedGeneration": generation, "lastTransitionTime": since or timestamp(now),
+        "observedGeneration": generation, "lastTransitionTime": since or timestamps.text(now),
     }]
 
 
@@ -58,13 +54,13 @@ def healthy(previous: Mapping[str, Any], secret_name: str, spiffe_id: str, cert:
         "secretName": secret_name,
         "spiffeID": spiffe_id,
         "serialNumber": pki.serial_hex(cert),
-        "notBefore": timestamp(cert.not_valid_before_utc),
-        "notAfter": timestamp(not_after),
-        "renewalTime": timestamp(renewal) if renewal else None,
+        "notBefore": timestamps.text(cert.not_valid_before_utc),
+        "notAfter": timestamps.text(not_after),
+        "renewalTime": timestamps.text(renewal) if renewal else None,
         "revision": revision,
         "issuerFingerprint": issuer_fingerprint,
         "conditions": _condition(previous, True, revision_reason,
-                                 ready_message(pki.serial_hex(cert), timestamp(not_after)), generation, now),
+                                 ready_message(pki.serial_hex(cert), timestamps.text(not_after)), generation, now),
     }
     if secret_version:
         out["secretResourceVersion"] = secret_version

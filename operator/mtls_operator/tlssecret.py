@@ -16,7 +16,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from . import pki
+from . import pki, timestamps
 from .spec import GROUP, KIND, VERSION, IdentitySpec
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -200,7 +200,7 @@ def record(spec: IdentitySpec, cert: x509.Certificate, issuer_fingerprint: str, 
     """The annotations that make the Secret its own record of issuance."""
     out = {
         ANN_SERIAL: pki.serial_hex(cert),
-        ANN_NOT_AFTER: cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        ANN_NOT_AFTER: timestamps.text(cert.not_valid_after_utc),
         ANN_REVISION: str(revision),
         ANN_SPEC_HASH: spec.shape_hash,
         ANN_ISSUER: issuer_fingerprint,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from mtls_operator import status
+from mtls_operator import status, timestamps
 from mtls_operator.scheduler import Scheduler
 
 from .conftest import NOW, issue_view
@@ -77,5 +77,5 @@ def test_failed_status_keeps_the_last_certificate_facts_and_flips_ready(identity
     assert bad["serialNumber"] == ok["serialNumber"]
     assert bad["conditions"][0] == {"type": "Ready", "status": "False", "reason": "InvalidSpec",
                                     "message": "spec.duration is bad", "observedGeneration": 2,
-                                    "lastTransitionTime": status.timestamp(later)}
+                                    "lastTransitionTime": timestamps.text(later)}
     assert status.merge_patch(ok, bad) == {"observedGeneration": 2, "conditions": bad["conditions"]}
