@@ -146,7 +146,7 @@ def api_floor(api: Api, kubeconfig: Path, n: int, template: dict, status: dict,
     """The API server's floor for a standing backlog of n identities: a bare client (no reads, no signing, no
     framework) makes the writes the operator makes per identity — the Secret (the same bytes as one the operator
     wrote), the status (the same fields), an Event — for n identities that already exist, at each concurrency tried:
-    the official client on threads, and the event loop's HTTP path the operator itself uses (kube.Kube over aiohttp,
+    the official client on threads, and the event loop's HTTP path the operator itself uses (kube.Kube over http1.py,
     nothing else of the operator), with that many calls in flight. On two shared cores the client's own CPU is part
     of the bound, so the cheapest client found sets the floor. The best time is the floor; the operator's time for its
     own backlog is reported as a ratio of it."""

@@ -1,9 +1,10 @@
 """Every Kubernetes API call the operator makes (besides the watch streams kopf runs for it), in one thin layer.
 
-Calls are raw JSON (the typed models cost more CPU than the rest of an issuance). The event loop's calls go over one
-aiohttp session (transport.py), at most `workers` in flight; the blocking calls — the Lease's renewals and the
-metadata lists and watches, each on a thread of its own — use the official client's connection pools. Every write,
-on either path, passes one gate: the write fence (fence.py), asked at the last moment before the request leaves.
+Calls are raw JSON (the typed models cost more CPU than the rest of an issuance). The event loop's calls go over a
+pool of HTTP/1.1 connections (transport.py, http1.py), at most `workers` in flight; the blocking calls — the Lease's
+renewals and the metadata lists and watches, each on a thread of its own — use the official client's connection
+pools. Every write, on either path, passes one gate: the write fence (fence.py), asked at the last moment before the
+request leaves.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-import aiohttp
 import kubernetes
 import orjson
 
@@ -138,21 +138,21 @@ class Kube:
     async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                     query: Mapping[str, str] | None = None, fenced: bool = True, timeout: float = 30,
                     accept: str = "application/json", low: bool = False) -> Any:
-        """One call from the event loop (transport.py). Network errors are aiohttp's (ClientError, TimeoutError).
-        `low`: it waits until no other call waits for a slot (Events)."""
-        session, slots = self._session.open()
+        """One call from the event loop (transport.py). Network errors are OSErrors (ConnectionError, ssl.SSLError)
+        and TimeoutError. `low`: it waits until no other call waits for a slot (Events)."""
+        client, slots = self._session.open()
         data = orjson.dumps(body) if body is not None else None
+        target = f"{path}?{urlencode(query)}" if query else path
         extra = {"Accept": accept, **({"Content-Type": content_type} if data is not None else {})}
         retries = 0 if method in MUTATING else READ_RETRIES
         async with slots.take(low):  # a slot means a connection: nothing queues between the gate and the wire
             while True:
                 self._gate(method, path, fenced)
                 try:
-                    async with session.request(method, self._session.url(path), data=data, params=query,
-                                               headers=self._session.headers(extra), proxy=self._session.proxy,
-                                               timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                        return _payload(resp.status, await resp.read())
-                except aiohttp.ClientConnectionError:
+                    status, answer = await client.request(method, target, self._session.headers(extra), data,
+                                                          timeout=timeout)
+                    return _payload(status, answer)
+                except ConnectionError:
                     if retries <= 0:
                         raise
                     retries -= 1

@@ -20,8 +20,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from typing import Any
 
-import aiohttp
-
 from . import ca as ca_mod
 from . import caloss, metrics, ownership, pki, plan, policy, rotation, status, timestamps, tlssecret
 from .authority import AuthorityStatus
@@ -422,7 +420,7 @@ class Reconciler:
         """Reads a Secret proven ours by its metadata (start-up, or a change the watch showed)."""
         try:
             body = await self._read_secret(skey, seen_version)
-        except (ApiError, aiohttp.ClientError, TimeoutError) as e:
+        except (ApiError, OSError, TimeoutError) as e:
             # What was known of it by metadata stays (the reconcile reads it itself); a Secret never known is read by
             # the reconcile when its write conflicts.
             log.warning("could not read Secret %s/%s: %s", *skey, e)

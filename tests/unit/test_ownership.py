@@ -10,7 +10,6 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from mtls_operator import metrics, ownership, rotation, tlssecret
@@ -206,7 +205,7 @@ def test_prefill_reads_past_network_errors_and_never_hangs_on_a_failing_reader(s
         r = Reconciler(settings, kube)  # type: ignore[arg-type]
         await asyncio.wait_for(r.prefill_secrets(_keys(20)), timeout=60)  # a guard against a hang, not a clock
 
-    lossy = FailingKube(aiohttp.ClientConnectionError("reset"))
+    lossy = FailingKube(ConnectionResetError("reset"))
     asyncio.run(run(lossy))
     assert len(lossy.reads) == 2000
     broken = FailingKube(RuntimeError("unforeseen"))
@@ -369,7 +368,7 @@ def test_a_failed_read_keeps_what_the_metadata_showed_and_the_reconcile_signs_no
     own = secret("api-mtls", "api")
 
     async def run() -> None:
-        kube = FailingKube(aiohttp.ClientConnectionError("reset"))
+        kube = FailingKube(ConnectionResetError("reset"))
         r = Reconciler(settings, kube)  # type: ignore[arg-type]
         r.trigger = lambda key, urgent=False: None  # type: ignore[method-assign]
         r.ca = root
@@ -379,7 +378,7 @@ def test_a_failed_read_keeps_what_the_metadata_showed_and_the_reconcile_signs_no
         r.proven_secrets([metadata_only(own)])
         await r._fetch_secret(("shop", "api-mtls"), ("shop", "api"), "5")  # a watch-driven read, lost
         assert list(r.unread) == [("shop", "api-mtls")]
-        with pytest.raises(aiohttp.ClientConnectionError):
+        with pytest.raises(ConnectionResetError):
             await r._reconcile(("shop", "api"), r.identities.get(("shop", "api")))
         assert list(r.unread) == [("shop", "api-mtls")] and len(r.secrets) == 0
         assert kube.reads == [("shop", "api-mtls")] * 2
