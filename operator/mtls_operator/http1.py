@@ -17,7 +17,7 @@ import asyncio
 import base64
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import unquote, urlsplit
 
 import httptools
@@ -27,6 +27,11 @@ IDLE_SECONDS = 15.0  # an idle connection older than this is closed, not reused:
 
 class ConnectionClosed(ConnectionError):
     """The connection ended (or the answer could not be parsed) before a whole answer arrived."""
+
+
+class ConnectFailed(ConnectionError):
+    """No connection could be made (refused, unreachable, name not resolved, TLS cut off): nothing was sent. A refused
+    server certificate is not this: it stays an ssl.SSLCertVerificationError, which trying again cannot mend."""
 
 
 class ProxyRefused(ConnectionError):
@@ -43,7 +48,12 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[tuple[int, bytes]] | None = None
+        self._status = 0  # of the answer whose headers are in
         self._chunks: list[bytes] = []
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     # ---- asyncio.Protocol ----
 
@@ -56,8 +66,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._fail(ConnectionClosed(f"unparseable answer: {e}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            self._fail(ConnectionClosed(f"unparseable answer: {e!r}"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -65,6 +75,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._status >= 400:
+            # An error answer whose end is the connection's (a proxy's 502 with no length, say): what it says is
+            # still the answer, and not a reason to send the request again.
+            self._finish(self._status)
         self._fail(ConnectionClosed(f"connection closed before the answer was complete: {exc or 'end of stream'}"))
 
     # ---- httptools callbacks ----
@@ -73,16 +87,28 @@ class _Connection(asyncio.Protocol):
         if self._answer is None or self._answer.done():
             raise ConnectionClosed("an answer nobody asked for")  # feed_data raises it on: the connection is closed
 
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        status, self._status = self._status, 0
+        if 100 <= status < 200:
+            # Interim (100 Continue, 103 Early Hints): the answer follows. 101 means the connection is no longer
+            # HTTP: it stops here (HttpParserUpgrade), unanswered.
+            self._chunks = []
+            return
         self.reusable = self._parser.should_keep_alive()
-        body, self._chunks = b"".join(self._chunks), []
-        if self._answer is not None and not self._answer.done():
-            self._answer.set_result((self._parser.get_status_code(), body))
+        self._finish(status)
 
     # ----
+
+    def _finish(self, status: int) -> None:
+        body, self._chunks, self._status = b"".join(self._chunks), [], 0
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result((status, body))
 
     def _fail(self, error: Exception) -> None:
         if self._answer is not None and not self._answer.done():
@@ -109,14 +135,21 @@ class _ProxyAnswer(asyncio.Protocol):
         self._data = b""
 
     def data_received(self, data: bytes) -> None:
+        if self.head.done():
+            return
         self._data += data
-        if b"\r\n\r\n" in self._data and not self.head.done():
+        if b"\r\n\r\n" in self._data:
             head, _, rest = self._data.partition(b"\r\n\r\n")
-            if rest:  # the server cannot speak before we do
+            status_line = head.partition(b"\r\n")[0]
+            code = status_line.split(b" ", 2)[1:2]
+            if not status_line.startswith(b"HTTP/1.") or not code or not code[0].startswith(b"2"):
+                self.head.set_exception(ProxyRefused(
+                    f"proxy: CONNECT answered {status_line[:200].decode(errors='replace')!r}"))
+            elif rest:  # in a tunnel the server cannot speak before we do
                 self.head.set_exception(ProxyRefused("proxy: bytes after its answer to CONNECT"))
             else:
                 self.head.set_result(head)
-        elif len(self._data) > 65536 and not self.head.done():
+        elif len(self._data) > 65536:
             self.head.set_exception(ProxyRefused("proxy: an answer to CONNECT over 64 KiB"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -126,11 +159,12 @@ class _ProxyAnswer(asyncio.Protocol):
 
 class Client:
     """Connections to the server at `url` (its path, if any, prefixes every request: an API proxy's), over TLS with
-    `ssl_context` for https, through an http:// `proxy` by CONNECT when given. Callers bound how many requests are in
-    flight (transport.Slots); the pool holds at most that many connections."""
+    `ssl_context` for https, through an http:// `proxy` by CONNECT when given (`proxy_headers` sent with the CONNECT).
+    Callers bound how many requests are in flight (transport.Slots); the pool holds at most that many connections.
+    ValueError at once for what it cannot do, rather than at every call."""
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext | None, proxy: str | None = None,
-                 server_hostname: str | None = None) -> None:
+                 server_hostname: str | None = None, proxy_headers: Mapping[str, str] | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) server address: {url!r}")
@@ -143,15 +177,19 @@ class Client:
         self._server_hostname = (server_hostname or self.host) if self._ssl is not None else None
         self._proxy = urlsplit(proxy) if proxy else None
         if self._proxy is not None and (self._proxy.scheme != "http" or not self._proxy.hostname):
-            raise ValueError(f"only http:// proxies are supported, not {proxy!r}")
-        self._idle: list[_Connection] = []
+            raise ValueError(f"only http:// proxies are supported for the API server, not {proxy!r}")
+        self._proxy_headers = dict(proxy_headers or {})
+        self._idle: list[_Connection] = []  # oldest first
         self._open: set[_Connection] = set()
+        self._closed = False
 
     async def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None = None,
-                      timeout: float = 30) -> tuple[int, bytes]:
-        """The status and body of one answer. `target` is the path and query, already encoded. Raises OSError
-        (ConnectionError, ssl.SSLError) for the connection's trouble and TimeoutError past `timeout` seconds (connecting
-        included)."""
+                      timeout: float = 30, before_send: Callable[[], None] | None = None) -> tuple[int, bytes]:
+        """The status and body of one answer. `target` is the path and query, already encoded. `before_send` is
+        called once a connection is in hand, with nothing awaited between it and the request's bytes leaving (a write
+        fence belongs there: connecting can take seconds); what it raises stops the request. Raises OSError
+        (ConnectionError; ssl.SSLError for a refused certificate) for the connection's trouble and TimeoutError past
+        `timeout` seconds (connecting included)."""
         if not target.startswith("/") or any(c in target for c in " \r\n"):
             raise ValueError(f"not a request target: {target!r}")
         lines = [f"{method} {self.prefix}{target} HTTP/1.1\r\n", self._host_header]
@@ -165,35 +203,60 @@ class Client:
         request = "".join(lines).encode("latin-1") + (body or b"")
         async with asyncio.timeout(timeout):
             conn = self._take_idle() or await self._connect()
+            if before_send is not None:
+                try:
+                    before_send()
+                except BaseException:
+                    self._put_back(conn)  # nothing was sent on it
+                    raise
             try:
                 status, data = await conn.exchange(request)
             except BaseException:
                 self._discard(conn)
                 raise
-        if conn.reusable and not conn.closed:
-            conn.idle_since = time.monotonic()
-            self._idle.append(conn)
+        if conn.reusable:
+            self._put_back(conn)
         else:
             self._discard(conn)
         return status, data
 
+    def _put_back(self, conn: _Connection) -> None:
+        if conn.usable and not self._closed:
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+        else:
+            self._discard(conn)
+
     def _take_idle(self) -> _Connection | None:
-        """The most recently used open connection: the one least likely to have been closed by the server."""
+        """The most recently used open connection: the one least likely to have been closed by the server. The oldest
+        idle ones, past IDLE_SECONDS, are closed on the way."""
         now = time.monotonic()
+        while self._idle and now - self._idle[0].idle_since >= IDLE_SECONDS:
+            self._discard(self._idle.pop(0))
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+            if conn.usable:
                 return conn
             self._discard(conn)
         return None
 
     async def _connect(self) -> _Connection:
+        if self._closed:
+            raise ConnectionClosed("the client is closed")
         loop = asyncio.get_running_loop()
-        if self._proxy is None:
-            _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self._ssl,
-                                                   server_hostname=self._server_hostname)
-        else:
-            conn = await self._tunnel()
+        try:
+            if self._proxy is None:
+                _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self._ssl,
+                                                       server_hostname=self._server_hostname)
+            else:
+                conn = await self._tunnel()
+        except (ConnectionError, ssl.SSLCertVerificationError):
+            raise
+        except OSError as e:  # not resolved, unreachable, TLS cut short: as much a failure to connect as a refusal
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {e}") from e
+        if self._closed:  # closed while connecting
+            conn.close()
+            raise ConnectionClosed("the client is closed")
         self._open.add(conn)
         return conn
 
@@ -204,15 +267,13 @@ class Client:
         raw, handshake = await loop.create_connection(_ProxyAnswer, self._proxy.hostname, self._proxy.port or 80)
         try:
             authority = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-            auth = ""
+            extra = dict(self._proxy_headers)
             if self._proxy.username is not None:
                 pair = f"{unquote(self._proxy.username)}:{unquote(self._proxy.password or '')}"
-                auth = f"Proxy-Authorization: Basic {base64.b64encode(pair.encode()).decode()}\r\n"
-            raw.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n".encode())
-            status_line = (await handshake.head).partition(b"\r\n")[0]
-            if status_line.split(b" ", 2)[1:2] != [b"200"] or not status_line.startswith(b"HTTP/1."):
-                raise ProxyRefused(f"proxy {self._proxy.hostname}: CONNECT answered "
-                                   f"{status_line.decode(errors='replace')!r}")
+                extra.setdefault("Proxy-Authorization", f"Basic {base64.b64encode(pair.encode()).decode()}")
+            lines = "".join(f"{name}: {value}\r\n" for name, value in extra.items())
+            raw.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{lines}\r\n".encode("latin-1"))
+            await handshake.head
             conn = _Connection()
             if self._ssl is None:
                 raw.set_protocol(conn)
@@ -229,6 +290,8 @@ class Client:
         self._open.discard(conn)
 
     async def close(self) -> None:
+        """Closes every connection, in use or idle; the client opens no more."""
+        self._closed = True
         for conn in list(self._open):
             self._discard(conn)
         self._idle.clear()

@@ -145,12 +145,14 @@ class Kube:
         target = f"{path}?{urlencode(query)}" if query else path
         extra = {"Accept": accept, **({"Content-Type": content_type} if data is not None else {})}
         retries = 0 if method in MUTATING else READ_RETRIES
+        gate = lambda: self._gate(method, path, fenced)  # noqa: E731
         async with slots.take(low):  # a slot means a connection: nothing queues between the gate and the wire
             while True:
-                self._gate(method, path, fenced)
+                gate()  # before connecting: a write refused now touches nothing
                 try:
+                    # ...and again once connected (that can take seconds), just before the bytes leave.
                     status, answer = await client.request(method, target, self._session.headers(extra), data,
-                                                          timeout=timeout)
+                                                          timeout=timeout, before_send=gate)
                     return _payload(status, answer)
                 except ConnectionError:
                     if retries <= 0:

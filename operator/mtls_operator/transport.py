@@ -18,6 +18,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 
 import kubernetes
+import kubernetes.client.rest
 
 from . import http1
 
@@ -92,11 +93,19 @@ class Slots:
         self.free += 1
 
 
+def proxy(config: kubernetes.client.Configuration) -> str | None:
+    """The proxy the official client's own calls take to this server (kubeconfig `proxy-url`, else HTTPS_PROXY), or
+    None where NO_PROXY exempts the server: both paths must reach the API server the same way."""
+    if config.proxy and not kubernetes.client.rest.should_bypass_proxies(config.host, config.no_proxy or ""):
+        return config.proxy
+    return None
+
+
 class Session:
     """The connections and the bound on calls in flight, made in the running loop on first use (connections belong to
     the loop that opened them). At most `limit` calls are in flight, each on a connection of its own: a call that
-    holds a slot never queues for a connection afterwards, so the moment it is let through (kube.py's write fence) is
-    the moment it is sent."""
+    holds a slot never queues for a connection afterwards. A server address or proxy the client cannot use is refused
+    here, at start-up."""
 
     def __init__(self, config: kubernetes.client.Configuration, limit: int, user_agent: str) -> None:
         self.config, self.limit = config, limit
@@ -104,12 +113,17 @@ class Session:
         self._client: http1.Client | None = None
         self._slots: Slots | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._new_client()  # its checks, now
+
+    def _new_client(self) -> http1.Client:
+        return http1.Client(self.config.host, ssl_context(self.config), proxy(self.config),
+                            getattr(self.config, "tls_server_name", None) or None,
+                            getattr(self.config, "proxy_headers", None) or None)
 
     def open(self) -> tuple[http1.Client, Slots]:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = http1.Client(self.config.host, ssl_context(self.config), self.config.proxy or None,
-                                        getattr(self.config, "tls_server_name", None) or None)
+            self._client = self._new_client()
             self._slots = Slots(self.limit)
             self._loop = loop
         assert self._slots is not None

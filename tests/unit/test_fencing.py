@@ -72,6 +72,45 @@ def test_every_mutating_call_is_refused_at_the_gate_once_the_fence_is_closed(met
     asyncio.run(go())
 
 
+class ClosingWhileConnecting(Fence):
+    """Open when the call is let through, closed by the time its connection is made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def is_open(self) -> bool:
+        self.asked += 1
+        return self.asked == 1
+
+
+def test_a_fence_that_closes_while_the_connection_is_made_still_stops_the_write() -> None:
+    received: list[bytes] = []
+
+    async def listen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(65536))  # b"" once the client closes without sending
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(listen, "127.0.0.1", 0)
+        config = kubernetes.client.Configuration()
+        config.host = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        fence = ClosingWhileConnecting()
+        kube = Kube(config, workers=1, fence=fence)
+        try:
+            with pytest.raises(Fenced):
+                await kube._call("POST", "/api/v1/namespaces/a/secrets", {"x": 1})
+            assert fence.asked == 2  # before connecting, and once connected
+        finally:
+            await kube.close()
+        while not received:  # the connection it made is closed unused
+            await asyncio.sleep(0.01)
+        server.close()
+        assert received == [b""]
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
 def test_reads_reviews_and_the_lease_itself_pass_the_gate() -> None:
     async def go() -> None:
         kube = _unreachable_kube(Fence())

@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Self
 
+import kubernetes
 import pytest
 
-from mtls_operator import http1, pki
+from mtls_operator import http1, pki, transport
 
 Handler = Callable[[int, bytes, bytes, asyncio.StreamWriter], Awaitable[None]]
 
@@ -199,6 +200,97 @@ def test_a_late_answer_never_reaches_the_next_request() -> None:
     run(main())
 
 
+def test_interim_answers_are_skipped_and_an_error_answer_ended_by_the_connection_is_still_the_answer() -> None:
+    async def handler(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        if n == 1:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + b"HTTP/1.1 409 Conflict\r\nContent-Length: 2\r\n\r\n{}")
+        elif n == 2:
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n<html>upstream down</html>")
+            await writer.drain()
+            writer.close()
+            return
+        else:
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        await writer.drain()
+
+    async def main() -> None:
+        async with Server(handler) as server:
+            client = http1.Client(f"http://127.0.0.1:{server.port}", None)
+            assert await client.request("POST", "/", {}, b"{}") == (409, b"{}")
+            assert await client.request("GET", "/", {}) == (502, b"<html>upstream down</html>")
+            with pytest.raises(http1.ConnectionClosed, match="unparseable"):  # no longer HTTP: never an answer
+                await client.request("GET", "/", {})
+            await client.close()
+
+    run(main())
+
+
+def test_the_last_check_before_sending_runs_once_connected_and_a_refusal_sends_nothing() -> None:
+    async def main() -> None:
+        async with Server(_ok) as server:
+            client = http1.Client(f"http://127.0.0.1:{server.port}", None)
+            seen: list[int] = []
+
+            def gate() -> None:
+                seen.append(server.connections)
+                if len(seen) == 2:
+                    raise PermissionError("fenced")
+
+            assert await client.request("POST", "/", {}, b"{}", before_send=gate) == (200, b'{"n": 1}')
+            with pytest.raises(PermissionError):
+                await client.request("POST", "/", {}, b"{}", before_send=gate)
+            assert await client.request("POST", "/", {}, b"{}", before_send=gate) == (200, b'{"n": 2}')
+            await client.close()
+            assert seen == [1, 1, 1]  # connected before the first check; the refused request kept its connection
+            assert len(server.requests) == 2
+
+    run(main())
+
+
+def test_idle_connections_past_their_age_are_closed_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http1, "IDLE_SECONDS", 0.0)
+
+    async def main() -> None:
+        async with Server(_ok) as server:
+            client = http1.Client(f"http://127.0.0.1:{server.port}", None)
+            for n in (1, 2, 3):
+                assert await client.request("GET", "/", {}) == (200, b'{"n": %d}' % n)
+            assert len(client._open) == 1  # the two before were closed, not left open
+            await client.close()
+            assert server.connections == 3
+
+    run(main())
+
+
+def test_a_connection_cut_during_the_handshake_is_a_connection_error_and_a_closed_client_opens_none() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    async def main() -> None:
+        server = await asyncio.start_server(cut, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = http1.Client(f"https://127.0.0.1:{port}", ssl.create_default_context())
+        with pytest.raises(ConnectionError):  # what kube.py sends again for a read
+            await client.request("GET", "/", {})
+        await client.close()
+        with pytest.raises(http1.ConnectionClosed, match="client is closed"):
+            await client.request("GET", "/", {})
+        server.close()
+
+    run(main())
+
+
+def test_the_proxy_is_the_official_clients_choice_no_proxy_included() -> None:
+    config = kubernetes.client.Configuration(host="https://10.96.0.1:443", proxy="http://proxy.corp:3128",
+                                             no_proxy="localhost,10.96.0.0/12")
+    assert transport.proxy(config) is None
+    config.no_proxy = "localhost"
+    assert transport.proxy(config) == "http://proxy.corp:3128"
+    config.proxy = "socks5://proxy.corp:1080"
+    with pytest.raises(ValueError, match="http:// proxies"):  # at start-up, not at every call
+        transport.Session(config, 4, "test")
+
+
 def test_a_header_or_target_that_would_split_the_request_is_refused() -> None:
     async def main() -> None:
         client = http1.Client("http://127.0.0.1:1", None)
@@ -259,7 +351,8 @@ class Proxy(Listener):
         head = await reader.readuntil(b"\r\n\r\n")
         self.heads.append(head)
         if self.refuse:
-            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            page = b"<html>who are you?</html>"
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: %d\r\n\r\n" % len(page) + page)
             writer.close()
             return
         host, port = head.split(b" ")[1].decode().rsplit(":", 1)
