@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from . import __version__, config
+from . import __version__, config, http1
 
 log = logging.getLogger("mtls_operator")
 
@@ -178,7 +178,11 @@ def _run(args: argparse.Namespace) -> int:
         # kopf logs every handler call per object; at thousands of identities that drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     _tune_gc()
-    return asyncio.run(_operate(settings))
+    try:
+        return asyncio.run(_operate(settings))
+    except http1.Unsupported as e:  # the API server's address or proxy (transport.py checks it as the client is made)
+        print(f"mtls-operator: cannot reach the API server: {e}", file=sys.stderr)
+        return 2
 
 
 # Allocations between young collections (CPython's default is 700), and how many young (then middle) collections

@@ -25,6 +25,10 @@ import httptools
 IDLE_SECONDS = 15.0  # an idle connection older than this is closed, not reused: well inside servers' idle timeouts
 
 
+class Unsupported(ValueError):
+    """A server address or proxy this client cannot use: a configuration to fix, said once at start-up."""
+
+
 class ConnectionClosed(ConnectionError):
     """The connection ended (or the answer could not be parsed) before a whole answer arrived."""
 
@@ -161,23 +165,23 @@ class Client:
     """Connections to the server at `url` (its path, if any, prefixes every request: an API proxy's), over TLS with
     `ssl_context` for https, through an http:// `proxy` by CONNECT when given (`proxy_headers` sent with the CONNECT).
     Callers bound how many requests are in flight (transport.Slots); the pool holds at most that many connections.
-    ValueError at once for what it cannot do, rather than at every call."""
+    Unsupported at once for what it cannot do, rather than at every call."""
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext | None, proxy: str | None = None,
                  server_hostname: str | None = None, proxy_headers: Mapping[str, str] | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) server address: {url!r}")
+            raise Unsupported(f"not an http(s) server address: {url!r}")
         self.host, self.port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
         self.prefix = parts.path.rstrip("/")
         self._host_header = f"Host: {parts.netloc.rpartition('@')[2]}\r\n"
         self._ssl = ssl_context if parts.scheme == "https" else None
         if parts.scheme == "https" and self._ssl is None:
-            raise ValueError("an https server needs an SSL context")
+            raise Unsupported("an https server needs an SSL context")
         self._server_hostname = (server_hostname or self.host) if self._ssl is not None else None
         self._proxy = urlsplit(proxy) if proxy else None
         if self._proxy is not None and (self._proxy.scheme != "http" or not self._proxy.hostname):
-            raise ValueError(f"only http:// proxies are supported for the API server, not {proxy!r}")
+            raise Unsupported(f"only http:// proxies are supported for the API server, not {proxy!r}")
         self._proxy_headers = dict(proxy_headers or {})
         self._idle: list[_Connection] = []  # oldest first
         self._open: set[_Connection] = set()

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Self
@@ -402,3 +405,17 @@ def test_addresses_it_cannot_serve_are_refused_at_once() -> None:
         http1.Client("https://example", None)
     with pytest.raises(ValueError, match="http:// proxies"):
         http1.Client("http://example", None, proxy="socks5://127.0.0.1:1080")
+
+
+def test_an_unusable_proxy_stops_the_operator_at_start_up_with_the_reason(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', proxy-url: 'https://127.0.0.1:3128'}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+    done = subprocess.run([sys.executable, "-m", "mtls_operator", "run", "--health-port", "0", "--metrics-port", "0"],
+                          env={**env, "KUBECONFIG": str(kubeconfig)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == ("mtls-operator: cannot reach the API server: only http:// proxies "
+                                                    "are supported for the API server, not 'https://127.0.0.1:3128'")
