@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from . import __version__, config, http1
+from . import __version__, config
 
 log = logging.getLogger("mtls_operator")
 
@@ -178,6 +178,8 @@ def _run(args: argparse.Namespace) -> int:
         # kopf logs every handler call per object; at thousands of identities that drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     _tune_gc()
+    from . import http1
+
     try:
         return asyncio.run(_operate(settings))
     except http1.Unsupported as e:  # the API server's address or proxy (transport.py checks it as the client is made)

@@ -3,7 +3,7 @@ runs on): the event loop's path for every API call the operator makes (transport
 
 Why not aiohttp's client, which this replaced: per call it builds a request and a response object, a cookie filter,
 header multidicts, a timer and two tasks, about 0.3 ms of the operator's CPU for one small write against the same API
-server where this path spends 0.15 ms (bench/RESULTS.md, issue 12). Every identity costs three writes, so that
+server where this path spends 0.16-0.18 ms (bench/RESULTS.md, issue 12). Every identity costs three writes, so that
 difference is a fifth of the CPU per identity. What this does not do, because the API server never needs it: HTTP/2,
 compression (no Accept-Encoding is sent), redirects, cookies, streamed bodies, `Expect: 100-continue`.
 
@@ -119,6 +119,8 @@ class _Connection(asyncio.Protocol):
             self._answer.set_exception(error)
 
     async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        if not self.usable:  # asyncio drops a write to a closing transport without a word: the wait would be in vain
+            raise ConnectionClosed("connection closed before the request was sent")
         assert self.transport is not None
         self.reusable = False
         self._answer = asyncio.get_running_loop().create_future()
@@ -279,6 +281,8 @@ class Client:
             raw.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{lines}\r\n".encode("latin-1"))
             await handshake.head
             conn = _Connection()
+            if raw.is_closing():  # the proxy hung up right after answering
+                raise ProxyRefused("proxy: closed the tunnel as it opened it")
             if self._ssl is None:
                 raw.set_protocol(conn)
                 conn.connection_made(raw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import threading
 import uuid
@@ -145,7 +146,7 @@ class Kube:
         target = f"{path}?{urlencode(query)}" if query else path
         extra = {"Accept": accept, **({"Content-Type": content_type} if data is not None else {})}
         retries = 0 if method in MUTATING else READ_RETRIES
-        gate = lambda: self._gate(method, path, fenced)  # noqa: E731
+        gate = functools.partial(self._gate, method, path, fenced)
         async with slots.take(low):  # a slot means a connection: nothing queues between the gate and the wire
             while True:
                 gate()  # before connecting: a write refused now touches nothing

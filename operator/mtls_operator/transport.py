@@ -95,8 +95,9 @@ class Slots:
 
 
 def proxy(config: kubernetes.client.Configuration) -> str | None:
-    """The proxy the official client's own calls take to this server (kubeconfig `proxy-url`, else HTTPS_PROXY), or
-    None where NO_PROXY exempts the server: both paths must reach the API server the same way."""
+    """The proxy the official client's own calls take to this server (the kubeconfig's `proxy-url`; from client 37
+    on, else the environment's proxy for the server's scheme), or None where NO_PROXY exempts the server: both paths
+    must reach the API server the same way."""
     if config.proxy and not kubernetes.client.rest.should_bypass_proxies(config.host, config.no_proxy or ""):
         return config.proxy
     return None
@@ -114,7 +115,7 @@ class Session:
         self._client: http1.Client | None = None
         self._slots: Slots | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._new_client()  # its checks, now
+        self._new_client()  # only for its checks, at start-up: the one used is made in the loop that uses it (open)
 
     def _new_client(self) -> http1.Client:
         return http1.Client(self.config.host, ssl_context(self.config), proxy(self.config),

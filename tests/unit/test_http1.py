@@ -294,6 +294,22 @@ def test_the_proxy_is_the_official_clients_choice_no_proxy_included() -> None:
         transport.Session(config, 4, "test")
 
 
+def test_a_request_on_a_connection_already_closing_fails_at_once_instead_of_waiting_out_its_timeout() -> None:
+    async def main() -> None:
+        async with Server(_ok) as server:
+            client = http1.Client(f"http://127.0.0.1:{server.port}", None)
+            assert await client.request("GET", "/", {}) == (200, b'{"n": 1}')
+            conn = client._idle[-1]
+            assert conn.transport is not None
+            conn.transport.close()  # closing: its connection_lost has not run yet
+            with pytest.raises(http1.ConnectionClosed, match="before the request was sent"):
+                await asyncio.wait_for(conn.exchange(b"GET / HTTP/1.1\r\n\r\n"), 5)
+            assert await client.request("GET", "/", {}) == (200, b'{"n": 2}')  # the pool passes it over
+            await client.close()
+
+    run(main())
+
+
 def test_a_header_or_target_that_would_split_the_request_is_refused() -> None:
     async def main() -> None:
         client = http1.Client("http://127.0.0.1:1", None)
