@@ -110,12 +110,14 @@ def main() -> None:
                              timeout=60)
                     sampler, cpu_before = record(spy, operator.proc.pid, stacks)
                     split_before = cpu_split(operator.proc.pid)
+                    threads_before = thread_cpu(operator.proc.pid)
                     start = time.monotonic()
                     create_identities(api, args.n, where)
                     wait_for(f"{args.n} identities Ready", all_ready, timeout=600, interval=0.2)
                     what = f"{args.n} identities Ready {time.monotonic() - start:.2f} s after the first create"
                 rss, cpu = proc_usage(operator.proc.pid)
                 user, system = cpu_split(operator.proc.pid)
+                threads = thread_cpu(operator.proc.pid)
                 sampler.send_signal(signal.SIGINT)
                 sampler.wait(timeout=60)
             finally:
@@ -125,6 +127,13 @@ def main() -> None:
                   f"{cpu_before:.2f} s before sampling began, apart), peak RSS {rss:.0f} MiB")
             print(f"of which user {user - split_before[0]:.2f} s, system (the kernel: sockets, wake-ups) "
                   f"{system - split_before[1]:.2f} s; py-spy samples only the Python part of user time")
+            loop_tid = min(threads)  # the process's own id: its first thread, the event loop's
+            spent = {tid: (cpu - threads_before.get(tid, (0.0, 0))[0], waits - threads_before.get(tid, (0.0, 0))[1])
+                     for tid, (cpu, waits) in threads.items()}
+            rest = sorted((spent[tid] for tid in spent if tid != loop_tid and spent[tid][0] > 0), reverse=True)
+            print(f"by thread, per identity: the event loop {1000 * spent[loop_tid][0] / args.n:.2f} ms CPU and "
+                  f"{spent[loop_tid][1] / args.n:.1f} wake-ups; the others (watches, to_thread workers) "
+                  + ", ".join(f"{1000 * cpu / args.n:.2f} ms and {waits / args.n:.1f}" for cpu, waits in rest))
             print(summarize(stacks, args.top))
 
 
@@ -133,6 +142,20 @@ def cpu_split(pid: int) -> tuple[float, float]:
     no Python profile shows."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[float, int]]:
+    """CPU seconds (user + system) and wake-ups (voluntary context switches: each one a wait ended) of each live
+    thread of a process, by thread id: the event loop's thread is the process's own id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            waits = re.search(r"voluntary_ctxt_switches:\s+(\d+)", (task / "status").read_text())
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        out[int(task.name)] = ((int(fields[11]) + int(fields[12])) / CLK_TCK, int(waits.group(1)) if waits else 0)
+    return out
 
 
 def record(spy: str, pid: int, stacks: Path) -> tuple[subprocess.Popen, float]:

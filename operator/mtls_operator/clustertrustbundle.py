@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -99,17 +98,19 @@ class ClusterTrustBundlePublisher:
         self._lock = asyncio.Lock()
         self._retry = self.RETRY
         self._retry_handle: asyncio.TimerHandle | None = None
+        self._watch: asyncio.Task[None] | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+    def start(self) -> None:
         """Watches our one bundle by name (so an edit or a deletion is healed), and publishes it."""
         self.serving = True
-
-        threading.Thread(target=self.kube.watch_one, name="clustertrustbundle-watch", daemon=True,
-                         args=(f"{CERTIFICATES}/clustertrustbundles", self.name,
-                               lambda body: loop.call_soon_threadsafe(self._seen, body), stop)).start()
+        self._watch = asyncio.get_running_loop().create_task(
+            self.kube.watch_one(f"{CERTIFICATES}/clustertrustbundles", self.name, self._seen))
 
     def stop(self) -> None:
         self.serving = False
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._retry_handle is not None:
             self._retry_handle.cancel()
 

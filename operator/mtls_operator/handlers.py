@@ -84,7 +84,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
                                         reconciler.post_event)
             reconciler.cluster_bundle = memo.pod_signer.trust_bundle
             try:
-                await memo.pod_signer.start(loop)
+                await memo.pod_signer.start()
             except Exception:  # the Secret-based identities must not depend on the second front
                 log.exception("the pod-certificate signer could not start; it stays idle")
         try:
@@ -94,12 +94,12 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
                 memo.pod_signer.stop()
             reconciler.stop()
             raise
-        reconciler.start_ca_watch(loop)
+        reconciler.start_ca_watch()
         # Every identity listed was triggered by the CA's first load (ca_changed), so the watches only carry changes.
         for path, version in secret_versions.items():
-            reconciler.start_secret_watch(loop, path, version)
+            reconciler.start_secret_watch(path, version)
         for path, version in identity_versions.items():
-            reconciler.start_identity_watch(loop, path, version)
+            reconciler.start_identity_watch(path, version)
         memo.scheduler_task = asyncio.create_task(reconciler.scheduler.run(), name="renewal-scheduler")
         # Where a slow start-up went, for whoever waits on it: the lists, then the Secrets' reads, then the rest.
         log.info("mtls-operator started in %.1f s: %d identities listed in %.1f s, managed Secrets in %.1f s (%d read, "

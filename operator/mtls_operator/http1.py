@@ -18,6 +18,7 @@ import base64
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httptools
@@ -133,6 +134,80 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()  # nothing of ours is waiting to be sent that matters more than closing now
 
 
+class _Stream(asyncio.Protocol):
+    """One streamed answer on a connection of its own (a watch): the body goes to `on_body` as it arrives, called
+    inline from the loop's read, with no task woken and no queue in between. What on_body raises ends the stream with
+    that error. An error answer's body is kept instead (up to 64 KiB), for the caller to report."""
+
+    def __init__(self, on_body: Callable[[bytes], None], on_status: Callable[[int], None] | None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.status = 0
+        self.error_body = b""
+        self.last_data = time.monotonic()
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._on_body, self._on_status = on_body, on_status
+        self._parser = httptools.HttpResponseParser(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
+        if self.ended.done():
+            return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) and e.__context__ else e
+            self.end(cause if isinstance(e, httptools.HttpParserCallbackError)
+                     else ConnectionClosed(f"unparseable answer: {e!r}"))
+        except Exception as e:  # what on_body raised
+            self.end(e)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.end(ConnectionClosed(f"connection closed before the answer was complete: {exc or 'end of stream'}"))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if self.status >= 200 and self._on_status is not None:
+            self._on_status(self.status)
+
+    def on_body(self, body: bytes) -> None:
+        if 200 <= self.status < 300:
+            self._on_body(body)
+        elif len(self.error_body) < 65536:
+            self.error_body += body[:65536 - len(self.error_body)]
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:
+            self.status = 0  # interim: the answer follows
+            return
+        self.end(None)
+
+    def end(self, error: BaseException | None) -> None:
+        """The stream is over: the whole answer is in (None), or it failed. The connection is not reused."""
+        if not self.ended.done():
+            if error is None:
+                self.ended.set_result(None)
+            else:
+                self.ended.set_exception(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Ended by its caller (done, cancelled, or the client closed): an error nobody will read is not one."""
+        if self.ended.done():
+            if not self.ended.cancelled():
+                self.ended.exception()  # marks it read
+        else:
+            self.ended.set_result(None)
+        if self.transport is not None:
+            self.transport.abort()
+
+
 class _ProxyAnswer(asyncio.Protocol):
     """The proxy's answer to CONNECT, up to the blank line; the tunnel's bytes after it belong to the connection."""
 
@@ -163,6 +238,9 @@ class _ProxyAnswer(asyncio.Protocol):
             self.head.set_exception(ProxyRefused(f"proxy: closed before answering CONNECT: {exc or 'end of stream'}"))
 
 
+_P = TypeVar("_P", _Connection, _Stream)
+
+
 class Client:
     """Connections to the server at `url` (its path, if any, prefixes every request: an API proxy's), over TLS with
     `ssl_context` for https, through an http:// `proxy` by CONNECT when given (`proxy_headers` sent with the CONNECT).
@@ -186,7 +264,7 @@ class Client:
             raise Unsupported(f"only http:// proxies are supported for the API server, not {proxy!r}")
         self._proxy_headers = dict(proxy_headers or {})
         self._idle: list[_Connection] = []  # oldest first
-        self._open: set[_Connection] = set()
+        self._open: set[_Connection | _Stream] = set()
         self._closed = False
 
     async def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None = None,
@@ -196,19 +274,9 @@ class Client:
         fence belongs there: connecting can take seconds); what it raises stops the request. Raises OSError
         (ConnectionError; ssl.SSLError for a refused certificate) for the connection's trouble and TimeoutError past
         `timeout` seconds (connecting included)."""
-        if not target.startswith("/") or any(c in target for c in " \r\n"):
-            raise ValueError(f"not a request target: {target!r}")
-        lines = [f"{method} {self.prefix}{target} HTTP/1.1\r\n", self._host_header]
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value:
-                raise ValueError(f"header {name} holds a line break")
-            lines.append(f"{name}: {value}\r\n")
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}\r\n")
-        lines.append("\r\n")
-        request = "".join(lines).encode("latin-1") + (body or b"")
+        request = self._head(method, target, headers, body)
         async with asyncio.timeout(timeout):
-            conn = self._take_idle() or await self._connect()
+            conn = self._take_idle() or await self._connect(_Connection)
             if before_send is not None:
                 try:
                     before_send()
@@ -225,6 +293,49 @@ class Client:
         else:
             self._discard(conn)
         return status, data
+
+    def _head(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> bytes:
+        """The request's bytes."""
+        if not target.startswith("/") or any(c in target for c in " \r\n"):
+            raise ValueError(f"not a request target: {target!r}")
+        lines = [f"{method} {self.prefix}{target} HTTP/1.1\r\n", self._host_header]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name} holds a line break")
+            lines.append(f"{name}: {value}\r\n")
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1") + (body or b"")
+
+    async def stream(self, method: str, target: str, headers: Mapping[str, str], on_body: Callable[[bytes], None], *,
+                     on_status: Callable[[int], None] | None = None, connect_timeout: float = 10,
+                     idle_timeout: float = 330) -> tuple[int, bytes]:
+        """One answer whose body is handed to `on_body` piece by piece as it arrives (a watch), on a connection of its
+        own that is closed after it: a stream holds its connection for minutes and must not take one of the pool's.
+        `on_status` is told the status as soon as the answer's head is in (a watch is up before its first event).
+        Returns when the answer is over: (status, b"") for a success, (status, its body) for an error answer. Raises
+        OSError (ConnectionError) for the connection's trouble, TimeoutError when connecting takes over
+        `connect_timeout` or no byte arrives for `idle_timeout` seconds, and whatever on_body raises."""
+        request = self._head(method, target, headers, None)
+        async with asyncio.timeout(connect_timeout):
+            answer = await self._connect(lambda: _Stream(on_body, on_status))
+        try:
+            assert answer.transport is not None
+            answer.last_data = time.monotonic()
+            answer.transport.write(request)
+            while True:
+                # One timer per look (every 30 s at most), not one per piece: a watch may bring thousands a second.
+                quiet = time.monotonic() - answer.last_data
+                if quiet >= idle_timeout:
+                    raise TimeoutError(f"no data for {idle_timeout:.0f} s")
+                done, _ = await asyncio.wait((answer.ended,), timeout=min(idle_timeout - quiet, 30.0))
+                if done:
+                    break
+            answer.ended.result()
+            return answer.status, answer.error_body
+        finally:
+            self._discard(answer)
 
     def _put_back(self, conn: _Connection) -> None:
         if conn.usable and not self._closed:
@@ -246,27 +357,27 @@ class Client:
             self._discard(conn)
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, protocol: Callable[[], _P]) -> _P:
         if self._closed:
             raise ConnectionClosed("the client is closed")
         loop = asyncio.get_running_loop()
         try:
             if self._proxy is None:
-                _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self._ssl,
+                _, conn = await loop.create_connection(protocol, self.host, self.port, ssl=self._ssl,
                                                        server_hostname=self._server_hostname)
             else:
-                conn = await self._tunnel()
+                conn = await self._tunnel(protocol)
         except (ConnectionError, ssl.SSLCertVerificationError):
             raise
         except OSError as e:  # not resolved, unreachable, TLS cut short: as much a failure to connect as a refusal
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {e}") from e
         if self._closed:  # closed while connecting
-            conn.close()
+            self._discard(conn)
             raise ConnectionClosed("the client is closed")
         self._open.add(conn)
         return conn
 
-    async def _tunnel(self) -> _Connection:
+    async def _tunnel(self, protocol: Callable[[], _P]) -> _P:
         """A connection through the proxy: CONNECT host:port, then TLS (if any) end to end with the server."""
         assert self._proxy is not None and self._proxy.hostname
         loop = asyncio.get_running_loop()
@@ -280,7 +391,7 @@ class Client:
             lines = "".join(f"{name}: {value}\r\n" for name, value in extra.items())
             raw.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{lines}\r\n".encode("latin-1"))
             await handshake.head
-            conn = _Connection()
+            conn = protocol()
             if raw.is_closing():  # the proxy hung up right after answering
                 raise ProxyRefused("proxy: closed the tunnel as it opened it")
             if self._ssl is None:
@@ -293,7 +404,7 @@ class Client:
             raw.abort()
             raise
 
-    def _discard(self, conn: _Connection) -> None:
+    def _discard(self, conn: _Connection | _Stream) -> None:
         conn.close()
         self._open.discard(conn)
 

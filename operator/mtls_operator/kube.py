@@ -9,13 +9,13 @@ request leaves.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import functools
 import logging
-import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -38,19 +38,9 @@ READ_RETRIES = 2
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 METADATA_ONE = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 PAGE = 100
+WATCH_SECONDS = 290  # what a watch request asks the server for; the server ends it then, and it is made again
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CERTIFICATES = "/apis/certificates.k8s.io/v1"
-
-
-def _watch_events(raw: Any) -> Iterator[dict[str, Any]]:
-    """The events of a watch response, one JSON object per line, as the chunks arrive."""
-    buffer = b""
-    for chunk in raw.stream(4096, decode_content=True):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield orjson.loads(line)
 
 
 class ApiError(Exception):
@@ -385,24 +375,9 @@ class Kube:
         return await self._review("/apis/authorization.k8s.io/v1/subjectaccessreviews", {
             "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": dict(spec)})
 
-    # ---- one object's watch, by name (the CA Secret, which the label-filtered Secret watch does not see; the
-    # signer's ClusterTrustBundle) ----
-
-    def watch_one(self, collection: str, name: str, on_change: Callable[[dict[str, Any] | None], None],
-                  stop: threading.Event) -> None:
-        """Blocking (a thread of its own): on_change(body or None) now and on every change of the object `name` in
-        the `collection` path, until `stop` is set — watch_objects on that one name, whole."""
-        def on_event(kind: str, body: dict[str, Any]) -> None:
-            on_change(None if kind == "DELETED" else body)
-
-        def on_listed(items: list[dict[str, Any]]) -> None:
-            on_change(items[0] if items else None)
-
-        self.watch_objects(collection, "", on_event, on_listed, stop,
-                           field_selector=f"metadata.name={name}", metadata_only=False)
-
-    # ---- lists and watches on threads of their own: the identity Secrets' metadata (look-alikes' data never
-    # reaches us), namespaces opted in to pod certificates, PodCertificateRequests for our signer ----
+    # ---- lists and watches, on the event loop: the identities; the identity Secrets' metadata (look-alikes' data
+    # never reaches us); namespaces opted in to pod certificates; PodCertificateRequests for our signer; one object by
+    # name (the CA Secret, which the label-filtered Secret watch does not see; the signer's ClusterTrustBundle) ----
 
     def secret_paths(self, namespaces: tuple[str, ...]) -> list[str]:
         return [self._secrets(ns) for ns in namespaces] or ["/api/v1/secrets"]
@@ -412,79 +387,120 @@ class Kube:
         api = f"/apis/{GROUP}/{VERSION}"
         return [f"{api}/namespaces/{quote(ns)}/{PLURAL}" for ns in namespaces] or [f"{api}/{PLURAL}"]
 
-    def list_objects(self, path: str, label_selector: str = "", field_selector: str = "",
-                     metadata_only: bool = True) -> tuple[list[dict[str, Any]], str]:
-        """Blocking: every object under `path` (as PartialObjectMetadata when `metadata_only`), in small pages, and
-        the list's resourceVersion to watch from. Small pages bound what one response may hold (annotations can reach
-        256 KiB)."""
+    async def list_whole(self, path: str, label_selector: str = "", field_selector: str = "",
+                         metadata_only: bool = True) -> tuple[list[dict[str, Any]], str]:
+        """Every object under `path` (as PartialObjectMetadata when `metadata_only`), read in pages, and the list's
+        resourceVersion to watch from."""
         out: list[dict[str, Any]] = []
-        token, version = "", ""
-        while True:
-            query = {"limit": str(PAGE), **_selectors(label_selector, field_selector),
-                     **({"continue": token} if token else {})}
-            accept = METADATA_LIST if metadata_only else "application/json"
-            page = self._request("GET", path, query=query, accept=accept)
-            for item in page.get("items") or []:
-                out.append({"metadata": item.get("metadata") or {}} if metadata_only else item)
-            version = page.get("metadata", {}).get("resourceVersion", version)
-            token = page.get("metadata", {}).get("continue", "")
-            if not token:
-                return out, version
+        version = ""
+        async for items, page_version in self.pages(path, label_selector, field_selector,
+                                                    metadata_only=metadata_only):
+            out.extend(items)
+            version = page_version
+        return out, version
 
-    def watch_objects(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
-                      on_listed: Callable[[list[dict[str, Any]]], None], stop: threading.Event, *,
-                      label_selector: str = "", field_selector: str = "", metadata_only: bool = True,
-                      health: WatchHealth | None = None) -> None:
-        """Blocking (a thread of its own): on_event(type, object) for every change under `path` from `version` on
-        (metadata only unless asked), until `stop` is set. When the version has expired (410) or the stream fails,
-        lists again and hands the whole list to on_listed, so deletions missed meanwhile are noticed. `health`, when
-        given, says at every moment whether the stream is up (for /readyz)."""
+    async def watch(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
+                    on_listed: Callable[[list[dict[str, Any]]], None], *, label_selector: str = "",
+                    field_selector: str = "", metadata_only: bool = True, health: WatchHealth | None = None) -> None:
+        """Until cancelled: on_event(type, object) for every change under `path` from `version` on (metadata only
+        unless asked), called as each event is read, on the event loop. When the version has expired (410) or the
+        stream fails, lists again and hands the whole list to on_listed, so deletions missed meanwhile are noticed.
+        `health`, when given, says at every moment whether the stream is up (for /readyz).
+
+        On the loop rather than a thread per watch: a thread cost a wake-up, a hand-off (call_soon_threadsafe) and a
+        pass of the GIL per event, which was a tenth of the operator's CPU per identity (bench/RESULTS.md, issue 12);
+        here an event is parsed where its bytes arrive. The handlers are the loop's own code, so what one raises is
+        logged and the stream goes on, as it did when each was a callback of its own."""
         health = health or WatchHealth()
         backoff = 1.0
-        while not stop.is_set():
+        while True:
             try:
                 if not version:
-                    items, version = self.list_objects(path, label_selector, field_selector, metadata_only)
-                    on_listed(items)
+                    items, version = await self.list_whole(path, label_selector, field_selector, metadata_only)
+                    _guarded(on_listed, path, items)
                     health.up()
                 backoff = 1.0
-                while not stop.is_set() and version:
-                    version = self._watch_objects_once(path, version, on_event, label_selector, field_selector,
-                                                       metadata_only, health) or ""
+                while version:
+                    version = await self._watch_once(path, version, on_event, label_selector, field_selector,
+                                                     metadata_only, health) or ""
             except Exception as e:  # the watch must outlive API hiccups
                 health.down(str(e) or type(e).__name__)
                 log.warning("watch on %s failed (%s); retrying in %.0fs", path, e, backoff)
                 version = ""
-                stop.wait(backoff)
+                await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _watch_objects_once(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
-                            label_selector: str, field_selector: str, metadata_only: bool,
-                            health: WatchHealth) -> str | None:
-        query = [*_selectors(label_selector, field_selector).items(), ("watch", "true"), ("resourceVersion", version),
-                 ("timeoutSeconds", "290"), ("allowWatchBookmarks", "true")]
-        m, url, h, b, p = self._client.param_serialize(
-            "GET", path, query_params=query,
-            header_params={"Accept": METADATA_ONE if metadata_only else "application/json"},
-            auth_settings=["BearerToken"])
-        resp = self._client.call_api(m, url, h, b, p, _request_timeout=(10, 330))
-        raw = resp.response
+    async def watch_one(self, collection: str, name: str,
+                        on_change: Callable[[dict[str, Any] | None], None]) -> None:
+        """Until cancelled: on_change(body or None) now and on every change of the object `name` in the `collection`
+        path — watch on that one name, whole."""
+        def on_event(kind: str, body: dict[str, Any]) -> None:
+            on_change(None if kind == "DELETED" else body)
+
+        def on_listed(items: list[dict[str, Any]]) -> None:
+            on_change(items[0] if items else None)
+
+        await self.watch(collection, "", on_event, on_listed, field_selector=f"metadata.name={name}",
+                         metadata_only=False)
+
+    async def _watch_once(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
+                          label_selector: str, field_selector: str, metadata_only: bool,
+                          health: WatchHealth) -> str | None:
+        """One watch request: the version to go on from when the server ended it, None when it must list again."""
+        query = {**_selectors(label_selector, field_selector), "watch": "true", "resourceVersion": version,
+                 "timeoutSeconds": str(WATCH_SECONDS), "allowWatchBookmarks": "true"}
+        client, _slots = self._session.open()
+        lines = _EventLines(path, version, on_event, metadata_only)
+        headers = self._session.headers({"Accept": METADATA_ONE if metadata_only else "application/json"})
         try:
-            if resp.status >= 400:
-                health.down(f"HTTP {resp.status}")
-                return None
-            health.up()
-            for event in _watch_events(raw):
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    return None
-                version = obj.get("metadata", {}).get("resourceVersion", version)
-                if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    on_event(kind, {"metadata": obj.get("metadata") or {}} if metadata_only else obj)
-            return version
-        finally:
-            with contextlib.suppress(Exception):
-                raw.release_conn()
+            status, answer = await client.stream("GET", f"{path}?{urlencode(query)}", headers, lines.feed,
+                                                 on_status=lambda code: health.up() if code < 400 else None,
+                                                 connect_timeout=10, idle_timeout=WATCH_SECONDS + 40)
+        except _Expired:
+            return None
+        if status >= 400:
+            _payload(status, answer)  # raises the ApiError it stands for: listed again after the backoff
+        return lines.version
+
+
+class _Expired(Exception):
+    """The watch's version is gone (an ERROR event, 410 as a rule): list again."""
+
+
+class _EventLines:
+    """A watch answer's bytes, cut into events (one JSON object per line) as they arrive: each handed to on_event,
+    the version to resume from kept."""
+
+    def __init__(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
+                 metadata_only: bool) -> None:
+        self.path, self.version, self._on_event, self._metadata_only = path, version, on_event, metadata_only
+        self._rest = b""
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._rest + data if self._rest else data
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line, start = buffer[start:end], end + 1
+            if line.strip():
+                self._event(orjson.loads(line))
+        self._rest = buffer[start:]
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            raise _Expired()
+        self.version = obj.get("metadata", {}).get("resourceVersion", self.version)
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            _guarded(self._on_event, self.path, kind, {"metadata": obj.get("metadata") or {}}
+                     if self._metadata_only else obj)
+
+
+def _guarded(handler: Callable[..., None], path: str, *args: Any) -> None:
+    """A handler's failure is its bug, logged; the stream that fed it goes on."""
+    try:
+        handler(*args)
+    except Exception:
+        log.exception("handling a change under %s failed", path)
 
 
 class WatchHealth:

@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
@@ -69,14 +68,15 @@ class PodSigner:
         self._inflight: set[str] = set()  # request uids being answered
         self._pending: dict[str, dict[str, Any]] = {}  # uid -> request waiting for a CA
         self._attempts: dict[str, int] = {}  # uid -> failed answers so far (for the retry's backoff)
-        self._stop = threading.Event()
+        self._stopped = False
+        self._watches: list[asyncio.Task[None]] = []  # its list-and-watch streams, cancelled by stop()
         self.trust_bundle = ClusterTrustBundlePublisher(
             kube, self.signer, lambda: issuer.ca.bundle_pem if issuer.ca else None, spawn)
         issuer.on_change(self._ca_changed)
 
     # ---- start-up ----
 
-    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def start(self) -> None:
         """Serves only where the API does: Kubernetes 1.37 (or 1.35/1.36 with the feature gates and the v1 API on).
         Runs before the CA is loaded, so no rotation step is taken before the signer's records can be read."""
         resources = await self.kube.served_resources("certificates.k8s.io/v1")
@@ -92,24 +92,18 @@ class PodSigner:
         selector = self.settings.pod_cert_namespace_selector
         if selector:
             try:
-                items, version = await loop.run_in_executor(
-                    None, lambda: self.kube.list_objects("/api/v1/namespaces", label_selector=selector))
+                items, version = await self.kube.list_whole("/api/v1/namespaces", label_selector=selector)
             except ApiError as e:  # RBAC without namespaces: signing everywhere would be the unsafe side
                 log.error("cannot list namespaces labelled %s (%s): the pod-certificate signer %s is idle", selector,
                           e, self.signer)
                 return
             self._namespaces_listed(items)
-            threading.Thread(target=self.kube.watch_objects, name="pod-cert-namespaces", daemon=True,
-                             args=("/api/v1/namespaces", version, self._threadsafe(loop, self._namespace_event),
-                                   self._threadsafe(loop, self._namespaces_listed), self._stop),
-                             kwargs={"label_selector": selector}).start()
-        self.trust_bundle.start(loop, self._stop)
+            self._watch(self.kube.watch("/api/v1/namespaces", version, self._namespace_event, self._namespaces_listed,
+                                        label_selector=selector))
+        self.trust_bundle.start()
         for path in self._request_paths():
-            threading.Thread(target=self.kube.watch_objects, name="pod-cert-requests", daemon=True,
-                             args=(path, "", self._threadsafe(loop, self._request_event),
-                                   self._threadsafe(loop, self._requests_listed), self._stop),
-                             kwargs={"field_selector": f"spec.signerName={self.signer}",
-                                     "metadata_only": False}).start()
+            self._watch(self.kube.watch(path, "", self._request_event, self._requests_listed,
+                                        field_selector=f"spec.signerName={self.signer}", metadata_only=False))
         self.serving = True
         metrics.pod_signer_serving.set(1)
         log.info("signing PodCertificateRequests for %s (namespaces: %s)", self.signer,
@@ -117,14 +111,16 @@ class PodSigner:
 
     def stop(self) -> None:
         """This term is over (a lost lease, or shutdown): nothing more is answered or published from it."""
-        self._stop.set()
+        self._stopped = True
+        for task in self._watches:
+            task.cancel()
+        self._watches.clear()
         self.serving = False
         self.trust_bundle.stop()
         metrics.pod_signer_serving.set(0)
 
-    @staticmethod
-    def _threadsafe(loop: asyncio.AbstractEventLoop, handler: Callable[..., None]) -> Callable[..., None]:
-        return lambda *args: loop.call_soon_threadsafe(handler, *args)
+    def _watch(self, stream: Coroutine[Any, Any, None]) -> None:
+        self._watches.append(asyncio.get_running_loop().create_task(stream))
 
     def _request_paths(self) -> list[str]:
         if self.settings.namespaces:
@@ -153,7 +149,7 @@ class PodSigner:
             self._request_event("ADDED", item)
 
     def _request_event(self, kind: str, body: dict[str, Any]) -> None:
-        if self._stop.is_set():
+        if self._stopped:
             return  # this term is over: the next leader answers
         uid = body.get("metadata", {}).get("uid", "")
         if kind == "DELETED" or podcert.settled(body):

@@ -13,9 +13,9 @@ import asyncio
 import collections
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from typing import Any
@@ -213,7 +213,6 @@ class Reconciler:
         self._deferred: set[Key] = set()  # identities whose renew request waits for a token (an Event was posted)
         self._reissue_rate = RateLimiter(settings.reissue_rate)
         self._paced: dict[Key, float] = {}  # identity -> its reserved turn for a reissue (loop time)
-        self._ca_watch_stop = threading.Event()
         # Our own list-and-watch streams: (what, namespace or None for cluster-wide) -> its health.
         self._watches: dict[tuple[str, str | None], WatchHealth] = {}
         # Events queue behind every other call (events.py), bounded and fair across namespaces.
@@ -585,45 +584,37 @@ class Reconciler:
         except Conflict:
             return await self.kube.get_secret(s.ca_namespace, name) or {}
 
-    def start_ca_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start_ca_watch(self) -> None:
         s = self.settings
 
         def on_change(body: dict[str, Any] | None) -> None:
-            asyncio.run_coroutine_threadsafe(self.ca_changed(body), loop)
+            self.spawn(self.ca_changed(body))
 
-        thread = threading.Thread(target=self.kube.watch_one, name="ca-watch", daemon=True,
-                                  args=(self.kube.secret_paths((s.ca_namespace,))[0], s.ca_secret_name, on_change,
-                                        self._ca_watch_stop))
-        thread.start()
+        self.spawn(self.kube.watch_one(self.kube.secret_paths((s.ca_namespace,))[0], s.ca_secret_name, on_change))
 
-    def start_identity_watch(self, loop: asyncio.AbstractEventLoop, path: str, version: str) -> None:
+    def start_identity_watch(self, path: str, version: str) -> None:
         """The MtlsIdentities under one path, whole, from the start-up list's version. Our own watch rather than kopf's:
         each event is handed straight to identity_event, without kopf's per-event machinery (per-object worker task and
         memory, loggers, cause detection, handler invocation, patch application) that a raw event handler never uses —
         about a sixth of the operator's CPU per identity, and per-object state held for every identity."""
-        self._start_watch(loop, path, version, self.identity_event, self.identities_listed, f"{PLURAL}.{GROUP}", "",
+        self._start_watch(path, version, self.identity_event, self.identities_listed, f"{PLURAL}.{GROUP}", "",
                           metadata_only=False)
 
-    def start_secret_watch(self, loop: asyncio.AbstractEventLoop, path: str, version: str) -> None:
+    def start_secret_watch(self, path: str, version: str) -> None:
         """The labelled Secrets under one path, metadata only (kube.watch_objects), from the start-up list's version.
         kopf's watch would hand every look-alike's whole body to this process (and hold it while its worker idles)."""
-        self._start_watch(loop, path, version, self.secret_event, self.secrets_listed, "secrets",
+        self._start_watch(path, version, self.secret_event, self.secrets_listed, "secrets",
                           tlssecret.MANAGED_SELECTOR, metadata_only=True)
 
-    def _start_watch(self, loop: asyncio.AbstractEventLoop, path: str, version: str,
-                     on_event: Callable[[str, dict[str, Any]], None],
+    def _start_watch(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
                      on_listed: Callable[[str | None, list[dict[str, Any]]], None], what: str, label_selector: str,
                      metadata_only: bool) -> None:
-        """A list-and-watch on a thread of its own (kube.watch_objects), each event and each re-list handed to the
-        event loop; its health is kept for unwatched()."""
+        """A list-and-watch on the event loop (kube.watch), each event and each re-list handed straight to its
+        handler; its health is kept for unwatched()."""
         namespace = path.split("/namespaces/", 1)[1].split("/", 1)[0] if "/namespaces/" in path else None
         health = self._watches[(what, namespace)] = WatchHealth()
-        thread = threading.Thread(
-            target=self.kube.watch_objects, name=f"{what}-watch:{namespace or '*'}", daemon=True,
-            args=(path, version, lambda kind, body: loop.call_soon_threadsafe(on_event, kind, body),
-                  lambda bodies: loop.call_soon_threadsafe(on_listed, namespace, bodies), self._ca_watch_stop),
-            kwargs={"label_selector": label_selector, "metadata_only": metadata_only, "health": health})
-        thread.start()
+        self.spawn(self.kube.watch(path, version, on_event, functools.partial(on_listed, namespace),
+                                   label_selector=label_selector, metadata_only=metadata_only, health=health))
 
     def unwatched(self) -> tuple[str, ...]:
         """What this reconciler watches itself and cannot, with the last error (for /readyz): a resource counts as
@@ -639,7 +630,6 @@ class Reconciler:
     def stop(self) -> None:
         """No more writes from this process (shutdown, or the lease is lost): cancel every reconcile in flight."""
         self._stopped = True
-        self._ca_watch_stop.set()
         self.events.close()
         for task in list(self._tasks):
             task.cancel()

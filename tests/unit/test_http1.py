@@ -435,3 +435,91 @@ def test_an_unusable_proxy_stops_the_operator_at_start_up_with_the_reason(tmp_pa
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == ("mtls-operator: cannot reach the API server: only http:// proxies "
                                                     "are supported for the API server, not 'https://127.0.0.1:3128'")
+
+
+def test_a_streamed_answer_reaches_its_reader_as_it_arrives_on_a_connection_outside_the_pool() -> None:
+    more = asyncio.Event()
+
+    async def handler(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        if not head.startswith(b"GET /watch"):
+            writer.write(by_length(b"{}"))
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            await writer.drain()
+            await more.wait()
+            writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async def main() -> None:
+        async with Server(handler) as server:
+            client = http1.Client(f"http://127.0.0.1:{server.port}", None)
+            pieces: list[bytes] = []
+            statuses: list[int] = []
+            first = asyncio.Event()
+
+            def on_body(piece: bytes) -> None:
+                pieces.append(piece)
+                first.set()
+
+            streaming = asyncio.ensure_future(client.stream("GET", "/watch", {}, on_body, on_status=statuses.append))
+            await first.wait()  # before the answer is over
+            assert (pieces, statuses) == ([b"first"], [200])
+            assert await client.request("GET", "/", {}) == (200, b"{}")  # the stream holds none of the pool's
+            more.set()
+            assert await streaming == (200, b"")
+            assert b"".join(pieces) == b"firstsecond"
+            await client.close()
+            assert server.connections == 2
+
+    run(main())
+
+
+class Streams(Server):
+    """A Server that notes which request's connection came to an end (the client closed it)."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__(handler)
+        self.paths: dict[asyncio.StreamWriter, bytes] = {}
+        self.ended: list[bytes] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await super()._serve(reader, writer)  # until the connection ends
+        self.ended.append(self.paths.get(writer, b""))
+
+
+def test_a_stream_ends_on_an_error_answer_its_readers_failure_silence_or_a_cancel_and_its_connection_with_it() -> None:
+    async def handler(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        path = server.paths[writer] = head.split(b" ")[1]
+        if path == b"/gone":
+            writer.write(b'HTTP/1.1 410 Gone\r\nContent-Length: 13\r\n\r\n{"code": 410}')
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n")
+        await writer.drain()
+
+    def refuse(piece: bytes) -> None:
+        raise ValueError(f"cannot read {piece!r}")
+
+    server = Streams(handler)
+
+    async def main() -> None:
+        async with server:
+            client = http1.Client(f"http://127.0.0.1:{server.port}", None)
+            pieces: list[bytes] = []
+            assert await client.stream("GET", "/gone", {}, pieces.append) == (410, b'{"code": 410}')
+            assert pieces == []  # an error answer's body is the caller's to report, not a stream's
+            with pytest.raises(ValueError, match="cannot read b'one'"):
+                await client.stream("GET", "/refused", {}, refuse)
+            with pytest.raises(TimeoutError):
+                await client.stream("GET", "/quiet", {}, pieces.append, idle_timeout=0.3)
+            streaming = asyncio.ensure_future(client.stream("GET", "/cancelled", {}, pieces.append))
+            while len(pieces) < 2:  # the quiet stream's piece, then the cancelled one's
+                await asyncio.sleep(0.01)
+            streaming.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await streaming
+            while len(server.ended) < 4:  # each stream's connection went with it
+                await asyncio.sleep(0.01)
+            assert sorted(server.ended) == [b"/cancelled", b"/gone", b"/quiet", b"/refused"]
+            await client.close()
+
+    run(main())
