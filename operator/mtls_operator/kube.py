@@ -1,10 +1,10 @@
 """Every Kubernetes API call the operator makes (besides the watch streams kopf runs for it), in one thin layer.
 
 Calls are raw JSON (the typed models cost more CPU than the rest of an issuance). The event loop's calls go over a
-pool of HTTP/1.1 connections (transport.py, http1.py), at most `workers` in flight; the blocking calls — the Lease's
-renewals and the metadata lists and watches, each on a thread of its own — use the official client's connection
-pools. Every write, on either path, passes one gate: the write fence (fence.py), asked at the last moment before the
-request leaves.
+pool of HTTP/1.1 connections (transport.py, http1.py), at most `workers` in flight, and the lists and watches are
+read there too; only the Lease's renewals, blocking calls on a thread of their own that must not depend on the loop,
+use the official client. Every write passes one gate: the write fence (fence.py), asked at the last moment before
+the request leaves.
 """
 
 from __future__ import annotations
@@ -85,40 +85,19 @@ class Kube:
                  fence: Fence | None = None, user_agent: str = COMPONENT) -> None:
         config = config or load_client_config()
         self.fence, self.user_agent = fence, user_agent
-        config.connection_pool_maxsize = workers
-        self._client = kubernetes.client.ApiClient(config)  # reads: urllib3 retries them on connection trouble
-        # The Lease gets a client without urllib3's retries (a retried renewal would stretch one attempt past the renew
-        # deadline) and with connections of its own.
+        # The Lease's client: without urllib3's retries (a retried renewal would stretch one attempt past the renew
+        # deadline), with connections of its own.
         no_retries = copy.deepcopy(config)
         no_retries.retries = False
         self._lease_client = kubernetes.client.ApiClient(no_retries)
-        for client in (self._client, self._lease_client):
-            client.user_agent = user_agent  # the client's default headers win over per-request ones
+        self._lease_client.user_agent = user_agent  # the client's default headers win over per-request ones
         self._session = Session(config, workers, user_agent)
 
     async def close(self) -> None:
         await self._session.close()
-        for client in (self._client, self._lease_client):
-            client.close()
+        self._lease_client.close()
 
     # ---- plumbing ----
-
-    def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-                 query: Mapping[str, str] | None = None, timeout: float | None = 30,
-                 accept: str = "application/json", fenced: bool = True,
-                 client: kubernetes.client.ApiClient | None = None) -> Any:
-        """Blocking: the reads of the threads that list and watch, and the Lease's calls. A write here never goes over
-        the retrying client (it might be sent again after the gate)."""
-        client = client or (self._lease_client if method in MUTATING else self._client)
-        headers = {"Accept": accept}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        m, url, h, b, p = client.param_serialize(
-            method, path, query_params=list((query or {}).items()), header_params=headers, body=body,
-            auth_settings=["BearerToken"])
-        self._gate(method, path, fenced)
-        resp = client.call_api(m, url, h, b, p, _request_timeout=timeout)
-        return _payload(resp.status, resp.read())
 
     def _gate(self, method: str, path: str, fenced: bool) -> None:
         """The last moment before a request leaves. The Lease's own calls pass (fenced=False): they are how the lease
@@ -158,9 +137,13 @@ class Kube:
             return None
 
     def _lease_request(self, method: str, path: str, body: Any = None, timeout: float = LEASE_REQUEST_TIMEOUT) -> Any:
-        """Never fenced (the Lease's calls are how the lease is won back, and its resourceVersion guards them), and
-        bounded by `timeout`."""
-        return self._request(method, path, body, timeout=timeout, fenced=False, client=self._lease_client)
+        """Blocking, on the lease's thread. Never fenced (the Lease's calls are how the lease is won back, and its
+        resourceVersion guards them), and bounded by `timeout`."""
+        headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if body is not None else {})}
+        m, url, h, b, p = self._lease_client.param_serialize(method, path, header_params=headers, body=body,
+                                                            auth_settings=["BearerToken"])
+        resp = self._lease_client.call_api(m, url, h, b, p, _request_timeout=timeout)
+        return _payload(resp.status, resp.read())
 
     # ---- Secrets ----
 
@@ -474,16 +457,23 @@ class _EventLines:
     def __init__(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None],
                  metadata_only: bool) -> None:
         self.path, self.version, self._on_event, self._metadata_only = path, version, on_event, metadata_only
-        self._rest = b""
+        self._pieces: list[bytes] = []  # of a line not yet whole
 
     def feed(self, data: bytes) -> None:
-        buffer = self._rest + data if self._rest else data
+        # A large object's event comes in many pieces: they are joined once its line is whole, not at every piece.
+        if b"\n" not in data:
+            self._pieces.append(data)
+            return
+        if self._pieces:
+            self._pieces.append(data)
+            data, self._pieces = b"".join(self._pieces), []
         start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
-            line, start = buffer[start:end], end + 1
+        while (end := data.find(b"\n", start)) >= 0:
+            line, start = data[start:end], end + 1
             if line.strip():
                 self._event(orjson.loads(line))
-        self._rest = buffer[start:]
+        if start < len(data):
+            self._pieces.append(data[start:])
 
     def _event(self, event: dict[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
