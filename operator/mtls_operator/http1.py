@@ -145,6 +145,8 @@ class _Stream(asyncio.Protocol):
         self.error_body = b""
         self.last_data = time.monotonic()
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Read here when nobody is left to read it (the caller timed out or was cancelled while connecting).
+        self.ended.add_done_callback(lambda ended: ended.cancelled() or ended.exception())
         self._on_body, self._on_status = on_body, on_status
         self._parser = httptools.HttpResponseParser(self)
 
@@ -168,6 +170,8 @@ class _Stream(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.status >= 400:  # an error answer ended by the close (a proxy's, say) is still that answer
+            self.end(None)
         self.end(ConnectionClosed(f"connection closed before the answer was complete: {exc or 'end of stream'}"))
 
     def on_headers_complete(self) -> None:
@@ -198,14 +202,8 @@ class _Stream(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
-        """Ended by its caller (done, cancelled, or the client closed): an error nobody will read is not one."""
-        if self.ended.done():
-            if not self.ended.cancelled():
-                self.ended.exception()  # marks it read
-        else:
-            self.ended.set_result(None)
-        if self.transport is not None:
-            self.transport.abort()
+        """Ended by its caller (done or cancelled), or by the client's closing: never a whole answer."""
+        self.end(ConnectionClosed("the client is closed"))
 
 
 class _ProxyAnswer(asyncio.Protocol):

@@ -402,10 +402,12 @@ class Kube:
                     items, version = await self.list_whole(path, label_selector, field_selector, metadata_only)
                     _guarded(on_listed, path, items)
                     health.up()
-                backoff = 1.0
                 while version:
                     version = await self._watch_once(path, version, on_event, label_selector, field_selector,
                                                      metadata_only, health) or ""
+                    # The backoff starts afresh only once a watch ran until the server ended it: a list that works
+                    # and a watch that fails at once (refused, cut by a proxy) must not repeat every second.
+                    backoff = 1.0 if version else backoff
             except Exception as e:  # the watch must outlive API hiccups
                 health.down(str(e) or type(e).__name__)
                 log.warning("watch on %s failed (%s); retrying in %.0fs", path, e, backoff)
@@ -441,13 +443,15 @@ class Kube:
                                                  connect_timeout=10, idle_timeout=WATCH_SECONDS + 40)
         except _Expired:
             return None
+        if status == 410:  # the version is gone: list again, at once
+            return None
         if status >= 400:
             _payload(status, answer)  # raises the ApiError it stands for: listed again after the backoff
         return lines.version
 
 
 class _Expired(Exception):
-    """The watch's version is gone (an ERROR event, 410 as a rule): list again."""
+    """The watch's version is gone (an ERROR event with code 410): list again, at once."""
 
 
 class _EventLines:
@@ -478,7 +482,10 @@ class _EventLines:
     def _event(self, event: dict[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
         if kind == "ERROR":
-            raise _Expired()
+            if obj.get("code") == 410:
+                raise _Expired()
+            # Any other error the server ends a watch with: listed again after the backoff.
+            raise ApiError(obj.get("code") or 0, obj.get("reason", ""), obj.get("message", "watch ERROR event"))
         self.version = obj.get("metadata", {}).get("resourceVersion", self.version)
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             _guarded(self._on_event, self.path, kind, {"metadata": obj.get("metadata") or {}}
@@ -494,7 +501,7 @@ def _guarded(handler: Callable[..., None], path: str, *args: Any) -> None:
 
 
 class WatchHealth:
-    """Whether one of our list-and-watch streams is up, and why not: written by its thread, read by /readyz. A stream
+    """Whether one of our list-and-watch streams is up, and why not: written by its watch, read by /readyz. A stream
     starts up (its first list was just read by start-up); a failed list or watch request takes it down until one
     succeeds again."""
 

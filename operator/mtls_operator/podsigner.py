@@ -97,6 +97,8 @@ class PodSigner:
                 log.error("cannot list namespaces labelled %s (%s): the pod-certificate signer %s is idle", selector,
                           e, self.signer)
                 return
+            if self._stopped:  # stopped while listing: this term is over before it began
+                return
             self._namespaces_listed(items)
             self._watch(self.kube.watch("/api/v1/namespaces", version, self._namespace_event, self._namespaces_listed,
                                         label_selector=selector))
@@ -120,6 +122,9 @@ class PodSigner:
         metrics.pod_signer_serving.set(0)
 
     def _watch(self, stream: Coroutine[Any, Any, None]) -> None:
+        if self._stopped:
+            stream.close()
+            return
         self._watches.append(asyncio.get_running_loop().create_task(stream))
 
     def _request_paths(self) -> list[str]:

@@ -588,8 +588,11 @@ class Reconciler:
         s = self.settings
 
         def on_change(body: dict[str, Any] | None) -> None:
-            self.spawn(self.ca_changed(body))
+            if not self._stopped:
+                self.spawn(self.ca_changed(body))
 
+        if self._stopped:
+            return
         self.spawn(self.kube.watch_one(self.kube.secret_paths((s.ca_namespace,))[0], s.ca_secret_name, on_change))
 
     def start_identity_watch(self, path: str, version: str) -> None:
@@ -611,6 +614,8 @@ class Reconciler:
                      metadata_only: bool) -> None:
         """A list-and-watch on the event loop (kube.watch), each event and each re-list handed straight to its
         handler; its health is kept for unwatched()."""
+        if self._stopped:
+            return
         namespace = path.split("/namespaces/", 1)[1].split("/", 1)[0] if "/namespaces/" in path else None
         health = self._watches[(what, namespace)] = WatchHealth()
         self.spawn(self.kube.watch(path, version, on_event, functools.partial(on_listed, namespace),

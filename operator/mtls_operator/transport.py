@@ -6,8 +6,8 @@ Why not the official client here: it is synchronous, so each call was a hand-off
 request path (serialization of models, urllib3, http.client) runs in Python under a GIL the event loop also needs.
 Measured against the same API server with 32 calls in flight, a write cost 1.1 ms of the operator's CPU that way, 0.5
 ms on aiohttp; with 8 in flight, an Event POST costs 0.3 ms on aiohttp and 0.15-0.18 ms over http1.py (bench/RESULTS.md,
-issue 12's seventh sitting). The blocking client stays where blocking is the point: the Lease's renewals and the
-watches on threads of their own (kube.py).
+issue 12's seventh sitting). The blocking client stays where blocking is the point: the Lease's renewals, on a
+thread of their own (kube.py). The watches are streamed answers over http1.py, each on a connection of its own.
 """
 
 from __future__ import annotations

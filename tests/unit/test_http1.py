@@ -492,6 +492,10 @@ def test_a_stream_ends_on_an_error_answer_its_readers_failure_silence_or_a_cance
         path = server.paths[writer] = head.split(b" ")[1]
         if path == b"/gone":
             writer.write(b'HTTP/1.1 410 Gone\r\nContent-Length: 13\r\n\r\n{"code": 410}')
+        elif path == b"/proxy":  # an error page whose end is the connection's
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n\r\n<html>no</html>")
+            await writer.drain()
+            writer.close()
         else:
             writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n")
         await writer.drain()
@@ -517,9 +521,15 @@ def test_a_stream_ends_on_an_error_answer_its_readers_failure_silence_or_a_cance
             streaming.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await streaming
-            while len(server.ended) < 4:  # each stream's connection went with it
+            assert await client.stream("GET", "/proxy", {}, pieces.append) == (502, b"<html>no</html>")
+            streaming = asyncio.ensure_future(client.stream("GET", "/closed", {}, pieces.append))
+            while len(pieces) < 3:
                 await asyncio.sleep(0.01)
-            assert sorted(server.ended) == [b"/cancelled", b"/gone", b"/quiet", b"/refused"]
             await client.close()
+            with pytest.raises(http1.ConnectionClosed, match="client is closed"):  # not a whole answer
+                await streaming
+            while len(server.ended) < 6:  # each stream's connection went with it
+                await asyncio.sleep(0.01)
+            assert sorted(server.ended) == [b"/cancelled", b"/closed", b"/gone", b"/proxy", b"/quiet", b"/refused"]
 
     run(main())

@@ -87,3 +87,45 @@ def test_a_watch_reads_events_cut_anywhere_outlives_a_handlers_bug_lists_again_w
     with caplog.at_level(logging.ERROR, logger="mtls_operator.kube"):
         run(main())
     assert [r.getMessage() for r in caplog.records] == [f"handling a change under {PATH} failed"]
+
+
+def test_an_expired_version_answered_as_a_status_lists_again_and_any_other_error_takes_the_stream_down() -> None:
+    lists = 0
+
+    async def handler(n: int, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        nonlocal lists
+        target = server.paths[writer] = head.split(b" ")[1]
+        if b"watch=true" not in target:
+            lists += 1
+            answer = orjson.dumps({"items": [], "metadata": {"resourceVersion": str(4 * lists)}})
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+        elif b"resourceVersion=4&" in target:
+            answer = b'{"kind": "Status", "code": 410, "reason": "Expired"}'
+            writer.write(b"HTTP/1.1 410 Gone\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+        else:
+            error = {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd is away"}
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            line = event("ERROR", error)
+            writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+        await writer.drain()
+
+    server = Streams(handler)
+
+    async def main() -> None:
+        async with server:
+            kube = Kube(kubernetes.client.Configuration(host=f"http://127.0.0.1:{server.port}"), workers=2)
+            health = WatchHealth()
+            watching = asyncio.ensure_future(kube.watch(PATH, "", lambda kind, body: None, lambda items: None,
+                                                        health=health))
+            while "etcd is away" not in (health.problem or ""):  # down, for /readyz to say why
+                await asyncio.sleep(0.01)
+            targets = list(server.paths.values())
+            watches = [t for t in targets if b"watch=true" in t]
+            assert [b"resourceVersion=4&" in t for t in watches[:2]] == [True, False]
+            assert b"resourceVersion=8&" in watches[1]  # the 410 answer: listed again at once, watched from there
+            watching.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await watching
+            await kube.close()
+
+    run(main())
