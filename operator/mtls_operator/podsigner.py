@@ -97,11 +97,11 @@ class PodSigner:
                 log.error("cannot list namespaces labelled %s (%s): the pod-certificate signer %s is idle", selector,
                           e, self.signer)
                 return
-            if self._stopped:  # stopped while listing: this term is over before it began
-                return
             self._namespaces_listed(items)
             self._watch(self.kube.watch("/api/v1/namespaces", version, self._namespace_event, self._namespaces_listed,
                                         label_selector=selector))
+        if self._stopped:  # stopped while start-up awaited the API: this term is over before it began
+            return
         self.trust_bundle.start()
         for path in self._request_paths():
             self._watch(self.kube.watch(path, "", self._request_event, self._requests_listed,

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from mtls_operator.kube import Kube, WatchHealth
-from tests.unit.test_http1 import Streams, run
+from tests.unit.test_http1 import Streams, by_length, run
 
 PATH = "/apis/example.io/v1/things"
 
@@ -37,8 +37,7 @@ def test_a_watch_reads_events_cut_anywhere_outlives_a_handlers_bug_lists_again_w
             lists += 1
             page = {"items": [thing("a", "3")], "metadata": {"resourceVersion": "5"}} if lists == 1 else \
                 {"items": [thing("b", "9")], "metadata": {"resourceVersion": "9"}}
-            answer = orjson.dumps(page)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            writer.write(by_length(orjson.dumps(page)))
         elif b"resourceVersion=5" in target:
             stream = (event("ADDED", thing("b", "6")) + event("BOOKMARK", thing("", "7"))
                       + event("MODIFIED", thing("boom", "8")) + b"\n" + event("MODIFIED", thing("b", "8"))
@@ -97,8 +96,7 @@ def test_an_expired_version_answered_as_a_status_lists_again_and_any_other_error
         target = server.paths[writer] = head.split(b" ")[1]
         if b"watch=true" not in target:
             lists += 1
-            answer = orjson.dumps({"items": [], "metadata": {"resourceVersion": str(4 * lists)}})
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            writer.write(by_length(orjson.dumps({"items": [], "metadata": {"resourceVersion": str(4 * lists)}})))
         elif b"resourceVersion=4&" in target:
             answer = b'{"kind": "Status", "code": 410, "reason": "Expired"}'
             writer.write(b"HTTP/1.1 410 Gone\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
