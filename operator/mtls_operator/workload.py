@@ -21,24 +21,52 @@ def server_context(folder: str | Path, require_client_cert: bool = True) -> ssl.
     require_client_cert=False is "optional mTLS": clients without a certificate are let in (their peer identity is
     None), clients with one must still present a certificate from a trusted CA.
     """
-    folder = Path(folder)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(folder / "tls.crt", folder / "tls.key")
-    ctx.load_verify_locations(folder / "ca.crt")
-    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
-    return ctx
+    def build(files: Path) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(files / "tls.crt", files / "tls.key")
+        ctx.load_verify_locations(files / "ca.crt")
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        return ctx
+
+    return _from_one_swap(Path(folder), build)
 
 
 def client_context(folder: str | Path, present_identity: bool = True) -> ssl.SSLContext:
     """A client that verifies the server (chain and hostname) and, unless told not to, presents its own identity."""
-    folder = Path(folder)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_verify_locations(folder / "ca.crt")
-    if present_identity:
-        ctx.load_cert_chain(folder / "tls.crt", folder / "tls.key")
-    return ctx
+    def build(files: Path) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(files / "ca.crt")
+        if present_identity:
+            ctx.load_cert_chain(files / "tls.crt", files / "tls.key")
+        return ctx
+
+    return _from_one_swap(Path(folder), build)
+
+
+def _data_dir(folder: Path) -> Path:
+    """Where one swap's files are. Read through `tls.crt -> ..data/tls.crt`, a key and a certificate opened a moment
+    apart can come from two swaps (a renewal's new certificate with the old key: OpenSSL's "key values mismatch"); the
+    directory `..data` points to is written once and never changed, so reading all the files from it gives one swap's
+    set. Outside a kubelet volume there is no `..data`, and the folder itself is read."""
+    try:
+        return folder / os.readlink(folder / "..data")
+    except OSError:
+        return folder
+
+
+def _from_one_swap(folder: Path, build: Callable[[Path], ssl.SSLContext]) -> ssl.SSLContext:
+    """build() over one swap's directory. The kubelet removes a swap's directory right after the next swap, so a read
+    that fails while `..data` has moved on is tried again from the new one (a few times: swaps are minutes apart)."""
+    for _ in range(3):
+        files = _data_dir(folder)
+        try:
+            return build(files)
+        except OSError:  # ssl.SSLError included
+            if files == folder or _data_dir(folder) == files:
+                raise
+    return build(_data_dir(folder))
 
 
 def peer_spiffe_id(sock: ssl.SSLSocket) -> str | None:

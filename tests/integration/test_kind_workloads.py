@@ -41,8 +41,9 @@ from mtls_operator.workload import server_context, peer_spiffe_id
 listener = socket.create_server(("0.0.0.0", 8443))
 while True:
     conn, _ = listener.accept()
+    conn.settimeout(30)
     try:
-        with server_context("/identity").wrap_socket(conn, server_side=True) as tls:
+        with conn, server_context("/identity").wrap_socket(conn, server_side=True) as tls:
             tls.recv(64)
             der = tls.getpeercert(binary_form=True)
             serial = pki.serial_hex(x509.load_der_x509_certificate(der)) if der else "-"

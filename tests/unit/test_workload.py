@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import ssl
 import threading
+import types
 from pathlib import Path
 
 from mtls_operator import pki, workload
@@ -53,7 +55,7 @@ class Server:
                 conn.sendall((workload.peer_spiffe_id(conn) or "anonymous").encode())
 
 
-def _call(client: workload.Reloading, port: int) -> tuple[str, str]:
+def _call(client: workload.Reloading | types.SimpleNamespace, port: int) -> tuple[str, str]:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
             client.context().wrap_socket(raw, server_hostname="srv.ns.svc") as tls:
         served = tlskit.served_serial(tls)
@@ -102,3 +104,36 @@ def test_a_broken_swap_keeps_the_last_good_context(tmp_path: Path) -> None:
     assert client.context() is good
     swap_volume(folder, _identity(ca, "spiffe://td/ns/ns/sa/x", False, [ca[0]]))
     assert client.context() is not good
+
+
+def test_a_context_is_built_from_one_swap_even_when_the_kubelet_swaps_mid_read(tmp_path: Path, monkeypatch) -> None:
+    """The kubelet swaps `..data` between the client's read of ca.crt and its read of tls.crt and tls.key (a renewal
+    during a root rotation: new root, new leaf). Read through the folder's links, the context would hold the old
+    bundle with the new leaf (or a key that does not match its certificate); read from one swap's directory, it holds
+    the new set whole, and does mutual TLS with a server of the new root."""
+    old_ca, new_ca = _root("root A"), _root("root B")
+    folder = tmp_path / "cli"
+    swap_volume(folder, _identity(old_ca, "spiffe://td/ns/ns/sa/cli", False, [old_ca[0]]))
+    new = _identity(new_ca, "spiffe://td/ns/ns/sa/cli", False, [new_ca[0]])
+    swaps: list[int] = []
+
+    class SwappedAfterTheBundle(ssl.SSLContext):
+        def load_verify_locations(self, *args, **kwargs) -> None:
+            super().load_verify_locations(*args, **kwargs)
+            if not swaps:
+                swaps.append(1)
+                swap_volume(folder, new)
+
+    swapping_ssl = types.ModuleType("ssl")
+    swapping_ssl.__dict__.update(vars(ssl))
+    swapping_ssl.SSLContext = SwappedAfterTheBundle
+    monkeypatch.setattr(workload, "ssl", swapping_ssl)
+    client = workload.client_context(folder)
+    monkeypatch.undo()
+    assert swaps
+
+    srv_dir = tmp_path / "srv"
+    swap_volume(srv_dir, _identity(new_ca, "spiffe://td/ns/ns/sa/srv", True, [new_ca[0]]))
+    server = Server(workload.reloading_server(srv_dir))
+    assert _call(types.SimpleNamespace(context=lambda: client), server.port)[1] == "spiffe://td/ns/ns/sa/cli"
+    assert not server.errors
