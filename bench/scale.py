@@ -9,7 +9,8 @@ For each N (default 100 and 1000), on a fresh local control plane:
     its renewalTime, and the scheduler's own firing lateness (from the operator's metrics);
   - the API floor (api_floor): the operator's writes per identity made by a bare client, best of the official client
     on 8/16/32 threads and the operator's own HTTP path with 32/64 calls in flight, and the operator's time for a
-    standing backlog of N as a ratio of it.
+    standing backlog of N as a ratio of it; the floor is measured again right after the backlog (the best setting
+    only), and the ratio is also given to each floor and to their mean (this machine's speed drifts within minutes).
 
 Usage: python bench/scale.py [--n 100 --n 1000] [--renewals 50] [--json out.json]
        python bench/scale.py --n 10000 --namespaces 100     (the many-namespace backlog and restart only)
@@ -315,9 +316,9 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
             # the operator stopped: the same writes by a bare client.
             operator.stop()
             sample = api.identity("bench", "id00000")
-            result.update(api_floor(api, local.kubeconfig, n, api.core.api_client.sanitize_for_serialization(
-                api.core.read_namespaced_secret(sample["spec"].get("secretName") or "id00000-mtls", "bench")),
-                sample["status"]))
+            template = api.core.api_client.sanitize_for_serialization(
+                api.core.read_namespaced_secret(sample["spec"].get("secretName") or "id00000-mtls", "bench"))
+            result.update(api_floor(api, local.kubeconfig, n, template, sample["status"]))
             create_identities(api, n, lambda i: ("backlog", f"b{i:05d}"))
             served_writes = len(bench_writes())
             bwatch = ReadyWatch(api, "backlog")
@@ -343,6 +344,20 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
             rss, cpu = proc_usage(operator.proc.pid)
             result["backlog_operator_peak_rss_mib"] = round(rss, 1)
             result["backlog_operator_cpu_seconds"] = round(cpu, 1)
+            # The floor again, right after, at the concurrency found best (the operator stopped): this machine's
+            # speed drifts by a third within minutes, so one floor a minute before the backlog can meet a faster or
+            # slower machine than the backlog did. The two floors bracket it; their mean is the drift-corrected floor.
+            operator.stop()
+            best = result["floor_threads"]
+            after = api_floor(api, local.kubeconfig, n, template, sample["status"],
+                              threads_tried=() if best.startswith("loop-") else (int(best),),
+                              in_flight_tried=(int(best.removeprefix("loop-")),) if best.startswith("loop-") else ())
+            result["floor_after_seconds"] = after["floor_seconds"]
+            if "backlog_all_ready_seconds_from_operator_start" in result:
+                backlog = result["backlog_all_ready_seconds_from_operator_start"]
+                result["backlog_ratio_to_floor_after"] = round(backlog / after["floor_seconds"], 2)
+                result["backlog_ratio_to_floors_mean"] = round(
+                    backlog / ((result["floor_seconds"] + after["floor_seconds"]) / 2), 2)
         finally:
             operator.stop()
     return result
