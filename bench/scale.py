@@ -345,10 +345,12 @@ def run_one(n: int, renewals: int, workdir: Path, operator_args: tuple[str, ...]
             result["backlog_operator_peak_rss_mib"] = round(rss, 1)
             result["backlog_operator_cpu_seconds"] = round(cpu, 1)
             # The floor again, right after, at the concurrency found best (the operator stopped): this machine's
-            # speed drifts by a third within minutes, so one floor a minute before the backlog can meet a faster or
-            # slower machine than the backlog did. The two floors bracket it; their mean is the drift-corrected floor.
+            # speed drifts by a fifth within minutes, so one floor a minute before the backlog can meet a faster or
+            # slower machine than the backlog did. The two floors bracket it. Their mean reads a little high (the
+            # floor before is the best of five tries, the one after a single try), so the ratio to it is an estimate
+            # of the drift's share, next to the ratio to the floor before.
             operator.stop()
-            best = result["floor_threads"]
+            best = str(result["floor_threads"])  # a thread count (an int key) or "loop-<in flight>"
             after = api_floor(api, local.kubeconfig, n, template, sample["status"],
                               threads_tried=() if best.startswith("loop-") else (int(best),),
                               in_flight_tried=(int(best.removeprefix("loop-")),) if best.startswith("loop-") else ())

@@ -109,8 +109,9 @@ def test_a_broken_swap_keeps_the_last_good_context(tmp_path: Path) -> None:
 def test_a_context_is_built_from_one_swap_even_when_the_kubelet_swaps_mid_read(tmp_path: Path, monkeypatch) -> None:
     """The kubelet swaps `..data` between the client's read of ca.crt and its read of tls.crt and tls.key (a renewal
     during a root rotation: new root, new leaf). Read through the folder's links, the context would hold the old
-    bundle with the new leaf (or a key that does not match its certificate); read from one swap's directory, it holds
-    the new set whole, and does mutual TLS with a server of the new root."""
+    bundle with the new leaf (or a key that does not match its certificate). Read from one swap's directory, whose
+    files the kubelet (like swap_volume) removes right after the swap, the read fails there and is made again from the
+    new directory: the context holds the new set whole, and does mutual TLS with a server of the new root."""
     old_ca, new_ca = _root("root A"), _root("root B")
     folder = tmp_path / "cli"
     swap_volume(folder, _identity(old_ca, "spiffe://td/ns/ns/sa/cli", False, [old_ca[0]]))
