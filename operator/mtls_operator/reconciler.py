@@ -300,7 +300,7 @@ class Reconciler:
         return key if ownership.proves(secret, identity, secret_name) else None
 
     def secret_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A change of a labelled Secret, as metadata only (kube.watch_objects): the data of a Secret proven ours is
+        """A change of a labelled Secret, as metadata only (kube.watch): the data of a Secret proven ours is
         fetched by name; any other Secret costs a glance at its metadata and is forgotten."""
         meta = body["metadata"]
         skey = (meta["namespace"], meta["name"])
@@ -588,11 +588,8 @@ class Reconciler:
         s = self.settings
 
         def on_change(body: dict[str, Any] | None) -> None:
-            if not self._stopped:
-                self.spawn(self.ca_changed(body))
+            self.spawn(self.ca_changed(body))
 
-        if self._stopped:
-            return
         self.spawn(self.kube.watch_one(self.kube.secret_paths((s.ca_namespace,))[0], s.ca_secret_name, on_change))
 
     def start_identity_watch(self, path: str, version: str) -> None:
@@ -604,7 +601,7 @@ class Reconciler:
                           metadata_only=False)
 
     def start_secret_watch(self, path: str, version: str) -> None:
-        """The labelled Secrets under one path, metadata only (kube.watch_objects), from the start-up list's version.
+        """The labelled Secrets under one path, metadata only (kube.watch), from the start-up list's version.
         kopf's watch would hand every look-alike's whole body to this process (and hold it while its worker idles)."""
         self._start_watch(path, version, self.secret_event, self.secrets_listed, "secrets",
                           tlssecret.MANAGED_SELECTOR, metadata_only=True)
@@ -614,8 +611,6 @@ class Reconciler:
                      metadata_only: bool) -> None:
         """A list-and-watch on the event loop (kube.watch), each event and each re-list handed straight to its
         handler; its health is kept for unwatched()."""
-        if self._stopped:
-            return
         namespace = path.split("/namespaces/", 1)[1].split("/", 1)[0] if "/namespaces/" in path else None
         health = self._watches[(what, namespace)] = WatchHealth()
         self.spawn(self.kube.watch(path, version, on_event, functools.partial(on_listed, namespace),
@@ -1134,8 +1129,13 @@ class Reconciler:
             self.post_event(body, KIND, "Warning", reason, message)
 
     def spawn(self, coroutine) -> asyncio.Task:
-        """Runs background work tracked with the reconciles (so shutdown cancels it too)."""
+        """Runs background work tracked with the reconciles (so shutdown cancels it too). Once stopped, nothing new
+        runs: the task is cancelled before its first step (its coroutine never starts), so no caller (a watch started
+        by a start-up that was stopped during its awaits, a CA change, an Event sender) needs a check of its own."""
         task = asyncio.get_running_loop().create_task(coroutine)
+        if self._stopped:
+            task.cancel()
+            return task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

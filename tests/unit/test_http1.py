@@ -77,9 +77,15 @@ def by_length(body: bytes, extra: str = "") -> bytes:
     return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
 
 
+STREAMING = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"  # the head of an answer sent as it comes
+
+
+def chunk(piece: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(piece), piece)
+
+
 def chunked(*chunks: bytes) -> bytes:
-    return b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
-        f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks) + b"0\r\n\r\n"
+    return b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(map(chunk, chunks)) + b"0\r\n\r\n"
 
 
 def run(coroutine: Awaitable[None]) -> None:
@@ -444,7 +450,7 @@ def test_a_streamed_answer_reaches_its_reader_as_it_arrives_on_a_connection_outs
         if not head.startswith(b"GET /watch"):
             writer.write(by_length(b"{}"))
         else:
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            writer.write(STREAMING + chunk(b"first"))
             await writer.drain()
             await more.wait()
             writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
@@ -497,7 +503,7 @@ def test_a_stream_ends_on_an_error_answer_its_readers_failure_silence_or_a_cance
             await writer.drain()
             writer.close()
         else:
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n")
+            writer.write(STREAMING + chunk(b"one"))
         await writer.drain()
 
     def refuse(piece: bytes) -> None:

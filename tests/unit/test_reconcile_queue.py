@@ -5,6 +5,7 @@ same time, a trigger during a run gives exactly one more run, and a busy namespa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Hashable
 
@@ -130,6 +131,17 @@ def test_nothing_starts_after_stop() -> None:
         await _until(lambda: r._workers == 0)
         r.trigger(("ns", "late"))  # a worker would be counted and its task tracked at once
         assert r._workers == 0 and not r._tasks and r.started == [key]
+        # Nor does any background work: a watch or CA change started after the stop (a start-up stopped during its
+        # awaits) is cancelled before its first step.
+        ran: list[str] = []
+
+        async def work() -> None:
+            ran.append("ran")
+
+        late = r.spawn(work())
+        with contextlib.suppress(asyncio.CancelledError):
+            await late
+        assert late.cancelled() and ran == [] and not r._tasks
 
     asyncio.run(scenario())
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from mtls_operator.kube import Kube, WatchHealth
-from tests.unit.test_http1 import Streams, by_length, run
+from tests.unit.test_http1 import STREAMING, Streams, by_length, chunk, run
 
 PATH = "/apis/example.io/v1/things"
 
@@ -42,13 +42,12 @@ def test_a_watch_reads_events_cut_anywhere_outlives_a_handlers_bug_lists_again_w
             stream = (event("ADDED", thing("b", "6")) + event("BOOKMARK", thing("", "7"))
                       + event("MODIFIED", thing("boom", "8")) + b"\n" + event("MODIFIED", thing("b", "8"))
                       + event("ERROR", {"kind": "Status", "code": 410}))
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(STREAMING)
             for i in range(0, len(stream), 10):  # pieces that cut lines, and JSON, anywhere
-                piece = stream[i:i + 10]
-                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                writer.write(chunk(stream[i:i + 10]))
                 await writer.drain()
         else:  # from the second list's version: open, and quiet
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(STREAMING)
         await writer.drain()
 
     server = Streams(handler)
@@ -102,9 +101,7 @@ def test_an_expired_version_answered_as_a_status_lists_again_and_any_other_error
             writer.write(b"HTTP/1.1 410 Gone\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
         else:
             error = {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd is away"}
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            line = event("ERROR", error)
-            writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+            writer.write(STREAMING + chunk(event("ERROR", error)))
         await writer.drain()
 
     server = Streams(handler)
